@@ -1,0 +1,58 @@
+"""What one preview needs to be rendered again: the output of the importers, the input of the renderer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class SampleSpec:
+    """Effective settings of one ai-toolkit sample, after defaults, trigger, flags, seeds and snapping.
+
+    ``width``/``height``/``num_frames`` are the *effective* values the pipeline ran with
+    (/8 then /16 floor, 4k+1 frames); the ``*_requested`` ones are what the config asked for.
+    """
+
+    index: int
+    prompt: str
+    negative_prompt: str
+    seed: int
+    width: int
+    height: int
+    num_frames: int
+    guidance_scale: float
+    sample_steps: int
+    network_multiplier: float
+    fps: int
+    ctrl_img: str | None
+    width_requested: int = 0
+    height_requested: int = 0
+    num_frames_requested: int = 0
+    prompt_config: str = ""
+    unreproducible: str | None = None  # reason, when ai-toolkit's inputs cannot be rebuilt
+
+
+@dataclass(frozen=True)
+class LoraPair:
+    """The LoRA checkpoint files of one step; a side is None when that expert was not trained."""
+
+    high: Path | None
+    low: Path | None
+
+
+@dataclass(frozen=True)
+class PreviewJob:
+    """One golden preview paired with everything needed to re-render it."""
+
+    case: str
+    golden: Path
+    step: int
+    index: int
+    sample: SampleSpec
+    lora: LoraPair | None  # None at the untrained baseline (step 0) or when deleted
+    merged: bool  # ai-toolkit merged the LoRA into the weights for this round (§8.2)
+    label_note: str = ""  # e.g. "after-training render repeating the last step label"
+    unreproducible: str | None = None
+    golden_raw: Path | None = None  # lossless frames, when the output folder has them
+    extra: dict = field(default_factory=dict)
