@@ -1,0 +1,217 @@
+"""Find the previews in an ai-toolkit output folder and pair each with its settings and LoRA (PARITY §1.8, §2).
+
+The file name is the only record of which step and sample a preview belongs to, so pairing follows
+ai-toolkit's naming exactly: ``<time>__<step:09d>_<i>.<ext>`` and ``<name>_<step:09d>_{high,low}_noise``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.aitk.job import P0, AitkJob, load_job
+from harness.aitk.samples import UNREPRODUCIBLE, expand_samples, merge_decision
+from harness.errors import HarnessError
+from harness.spec import LoraPair, PreviewJob, SampleSpec
+
+PREVIEW_RE = re.compile(r"^(?P<time>\d+)__(?P<step>\d{9,})_(?P<index>\d+)\.(?P<ext>webp|jpg|jpeg|png)$", re.I)
+SIDES = ("high", "low")
+
+
+@dataclass(frozen=True)
+class FoundPreview:
+    """One preview file and what its name says about it."""
+
+    path: Path
+    time: int
+    step: int
+    index: int
+
+
+def scan_previews(samples_dir: Path) -> list[FoundPreview]:
+    """Preview files directly in ``samples/`` (``.tmp``/``.thumbs`` are staging and thumbnails, not previews)."""
+    found = []
+    for p in sorted(samples_dir.iterdir()):
+        m = PREVIEW_RE.match(p.name)
+        if m and p.is_file():
+            found.append(FoundPreview(p, int(m["time"]), int(m["step"]), int(m["index"])))
+    return sorted(found, key=lambda f: (f.step, f.index, f.time, f.path.name))
+
+
+def discover(output_dir: str | Path, job: AitkJob | None = None, case: str | None = None) -> list[PreviewJob]:
+    """Every preview in the output folder, paired with its effective sample settings and checkpoint."""
+    out = Path(output_dir)
+    if not out.is_dir():
+        raise HarnessError(out, None, "output folder not found; give <training_folder>/<job name>")
+    job = job if job is not None else load_job(out / "config.yaml")
+    samples_dir = out / "samples"
+    if not samples_dir.is_dir():
+        raise HarnessError(samples_dir, None, "no samples/ folder: this job rendered no previews (or the wrong folder was given)")
+    rounds = _rounds(job)
+    groups: dict[tuple[int, int], list[FoundPreview]] = defaultdict(list)
+    for f in scan_previews(samples_dir):
+        groups[(f.step, f.index)].append(f)
+    jobs = []
+    for (step, index), renders in sorted(groups.items()):
+        for k, found in enumerate(renders):
+            jobs.append(_pair(out, job, rounds, found, k, len(renders), case or out.name))
+    return jobs
+
+
+def _rounds(job: AitkJob) -> dict[str, list[SampleSpec]]:
+    """Sample lists per sampling round type; ``first_sample`` only renders at label 0 (§1.8)."""
+    rounds = {"sample": expand_samples(job, "sample")}
+    if job.first_sample is not None:
+        rounds["first_sample"] = expand_samples(job, "first_sample")
+    return rounds
+
+
+def _round_at(job: AitkJob, rounds: dict, step: int, index: int, k: int) -> str:
+    """Which round the k-th render with label (step, index) came from: at step 0 first_sample renders first."""
+    if step != 0 or "first_sample" not in rounds:
+        return "sample"
+    baseline = not (job.train.get("skip_first_sample") or job.train.get("disable_sampling"))
+    order = ["first_sample"] + (["sample"] if baseline else [])
+    having = [r for r in order if index < len(rounds[r])] or ["sample"]
+    return having[min(k, len(having) - 1)]
+
+
+def _pair(out: Path, job: AitkJob, rounds: dict, f: FoundPreview, k: int, n: int, case: str) -> PreviewJob:
+    """Build one PreviewJob; missing inputs make it unreproducible rather than failing the whole run."""
+    round_name = _round_at(job, rounds, f.step, f.index, k)
+    specs = rounds[round_name]
+    if f.index < len(specs):
+        spec = specs[f.index]
+    else:
+        spec = _placeholder(f.index, f"{round_name} lists only {len(specs)} samples but the file name says index "
+                                     f"{f.index}; the config does not match this output folder")
+    lora, lora_reason = _lora_for(out, job, f.step)
+    merged, merge_reason = merge_decision(job, specs)
+    raw = out / "samples_raw" / (f.path.stem + ".npy")
+    return PreviewJob(
+        case=case,
+        golden=f.path,
+        step=f.step,
+        index=f.index,
+        sample=spec,
+        lora=lora,
+        merged=merged and lora is not None,
+        label_note=_label_note(job, f.step, k, n, round_name),
+        unreproducible=_combine(spec.unreproducible, lora_reason),
+        golden_raw=raw if raw.is_file() else None,
+        extra={"time": f.time, "round": round_name, "merge_reason": merge_reason},
+    )
+
+
+def _placeholder(index: int, reason: str) -> SampleSpec:
+    """A spec for a preview whose settings are unknown; it carries the reason and is never rendered."""
+    return SampleSpec(index=index, prompt="", negative_prompt="", seed=0, width=0, height=0, num_frames=0,
+                      guidance_scale=0.0, sample_steps=0, network_multiplier=1.0, fps=0, ctrl_img=None,
+                      unreproducible=UNREPRODUCIBLE + reason)
+
+
+def _combine(*reasons: str | None) -> str | None:
+    """One sentence listing every reason, so the report shows them all."""
+    parts = [r[len(UNREPRODUCIBLE):] if r.startswith(UNREPRODUCIBLE) else r for r in reasons if r]
+    return UNREPRODUCIBLE + "; ".join(parts) if parts else None
+
+
+def _label_note(job: AitkJob, step: int, k: int, n: int, round_name: str) -> str:
+    """Explain repeated labels; the file name alone cannot tell renders with the same label apart."""
+    if n == 1:
+        return ""
+    note = f"render {k + 1} of {n} with this label (ordered by time)"
+    if step == 0 and job.first_sample is not None:
+        return f"{note}; this one is from the {round_name} round"
+    if job.train_steps is not None and step == job.train_steps:
+        return f"{note}; the after-training render repeats the last step label"
+    return f"{note}; the run was resumed or repeated and rendered this label again"
+
+
+def expected_sides(job: AitkJob) -> tuple[str, ...]:
+    """Which expert LoRA files a checkpoint has: one per trained stage (§2.5)."""
+    kw = job.model.get("model_kwargs", {})
+    sides = tuple(s for s in SIDES if kw.get(f"train_{s}_noise", True))
+    return sides or SIDES
+
+
+def checkpoint_files(out: Path, job: AitkJob, step: int | None) -> dict[str, Path]:
+    """Paths of the split LoRA files for a step label (None = the un-numbered final save)."""
+    stem = job.name if step is None else f"{job.name}_{step:09d}"
+    return {s: out / f"{stem}_{s}_noise.safetensors" for s in expected_sides(job)}
+
+
+def _lora_for(out: Path, job: AitkJob, step: int) -> tuple[LoraPair | None, str | None]:
+    """Checkpoint for a preview label, or the reason it cannot be had. Step 0 is the untrained baseline."""
+    if step == 0:
+        return None, None
+    numbered = checkpoint_files(out, job, step)
+    if any(p.is_file() for p in numbered.values()):
+        return _pair_files(numbered, step)
+    if job.train_steps is not None and step == job.train_steps:
+        final = checkpoint_files(out, job, None)
+        if any(p.is_file() for p in final.values()):
+            return _pair_files(final, step)
+        return None, f"the final checkpoint ({', '.join(p.name for p in final.values())}) is missing"
+    return None, _missing_reason(out, job, step)
+
+
+def _pair_files(files: dict[str, Path], step: int) -> tuple[LoraPair | None, str | None]:
+    """A LoraPair when every expected side exists; a half checkpoint cannot reproduce the preview."""
+    missing = [p.name for p in files.values() if not p.is_file()]
+    if missing:
+        return None, f"the checkpoint for step {step} is incomplete: {', '.join(missing)} is missing"
+    return LoraPair(high=files.get("high"), low=files.get("low")), None
+
+
+def _missing_reason(out: Path, job: AitkJob, step: int) -> str:
+    """Say why a numbered checkpoint is absent, as specifically as the config allows."""
+    save_every = job.save.get("save_every")
+    if isinstance(save_every, int) and save_every > 0 and step % save_every:
+        return (f"no checkpoint was saved for step {step} ({P0}.save.save_every={save_every}), "
+                "so the LoRA this preview used was never written")
+    if (out / f"{job.name}_{step:09d}.safetensors").is_file():
+        return (f"the checkpoint for step {step} is one combined file (network.split_multistage_loras: false); "
+                "the renderer loads split high/low-noise files only")
+    keep = job.save.get("max_step_saves_to_keep")
+    keep_txt = f"={keep}" if keep is not None else ""
+    return (f"checkpoint for step {step} was deleted (max_step_saves_to_keep{keep_txt} keeps only the newest "
+            "checkpoints), so the LoRA this preview used is gone")
+
+
+def lora_metadata(path: str | Path) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file, read from its JSON header without loading tensors."""
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(8)
+            if len(head) != 8:
+                raise ValueError("shorter than the 8-byte header length")
+            (size,) = struct.unpack("<Q", head)
+            if size > 100_000_000:
+                raise ValueError(f"header length {size} is implausible")
+            header = json.loads(fh.read(size).decode("utf-8"))
+    except FileNotFoundError:
+        raise HarnessError(path, None, "LoRA file not found") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise HarnessError(path, None, f"not a safetensors file ({exc}); give the .safetensors LoRA ai-toolkit saved") from None
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return dict(meta) if isinstance(meta, dict) else {}
+
+
+def lora_software_version(path: str | Path) -> str | None:
+    """The ai-toolkit version that wrote the LoRA (``software`` metadata, §8.4), or None when not recorded."""
+    software = lora_metadata(path).get("software")
+    if not software:
+        return None
+    try:
+        info = json.loads(software)
+    except (TypeError, ValueError):
+        return None
+    if not isinstance(info, dict) or info.get("version") is None:
+        return None
+    return str(info["version"])

@@ -1,0 +1,1 @@
+"""The native exact renderer: diffusers components driven the way ai-toolkit drives them."""

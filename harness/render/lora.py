@@ -1,0 +1,162 @@
+"""ai-toolkit LoRA files and the two ways ai-toolkit applies them during sampling (PARITY §8).
+
+* unmerged: ``out = base_bf16(x) + bf16(m * B(A(x.float())))`` with fp32 A/B, via forward hooks;
+* merged:   ``W' = bf16(W.float() + m * B @ A)``, written into the weights and restored bit-exactly afterwards
+  from a saved copy (an arithmetic unmerge would leave bf16 rounding residue).
+
+Every key of the file must land on a module: an unmatched key is an error that lists them, never a silent drop.
+"""
+
+from __future__ import annotations
+
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from ..errors import HarnessError
+
+_KEY = re.compile(r"^diffusion_model\.blocks\.(\d+)\.(.+)\.lora_([AB])\.weight$")
+_MODULE_NAMES = {
+    "self_attn.q": "attn1.to_q", "self_attn.k": "attn1.to_k", "self_attn.v": "attn1.to_v", "self_attn.o": "attn1.to_out.0",
+    "cross_attn.q": "attn2.to_q", "cross_attn.k": "attn2.to_k", "cross_attn.v": "attn2.to_v", "cross_attn.o": "attn2.to_out.0",
+    "ffn.0": "ffn.net.0.proj", "ffn.2": "ffn.net.2",
+}
+_PICKLE_SUFFIXES = {".pt", ".pth", ".ckpt", ".bin", ".pkl"}
+
+
+@dataclass
+class LoraLayer:
+    down: torch.Tensor  # lora_A, [rank, in], fp32
+    up: torch.Tensor  # lora_B, [out, rank], fp32
+
+
+def diffusers_module_name(file_key: str) -> tuple[str, str] | None:
+    """``diffusion_model.blocks.3.self_attn.q.lora_A.weight`` -> (``blocks.3.attn1.to_q``, ``A``)."""
+    match = _KEY.match(file_key)
+    if not match or match.group(2) not in _MODULE_NAMES:
+        return None
+    return f"blocks.{match.group(1)}.{_MODULE_NAMES[match.group(2)]}", match.group(3)
+
+
+def _refuse_unusual_keys(path: Path, keys: list[str]) -> None:
+    if any(".transformer_1." in k or ".transformer_2." in k for k in keys):
+        raise HarnessError(path, "keys", "a combined Wan 2.2 LoRA (transformer_1/transformer_2 prefixes, saved with "
+                           "split_multistage_loras: false); split it into _high_noise (transformer_1) and _low_noise "
+                           "(transformer_2) files with the prefix removed")
+    special = sorted({k.rsplit(".", 1)[0].rsplit(".", 1)[-1] for k in keys if re.search(r"lokr_|hada_|\.dora_scale|magnitude", k)})
+    if special:
+        raise HarnessError(path, "keys", f"LoKr/LoHa/DoRA weights ({', '.join(special)}) are not supported; ai-toolkit's "
+                           "Wan 2.2 previews use plain LoRA")
+
+
+def read_lora_file(path: Path) -> dict[str, LoraLayer]:
+    """Parse an ai-toolkit LoRA file into layers keyed by diffusers module name, as fp32 (its in-memory dtype)."""
+    path = Path(path)
+    if path.suffix.lower() in _PICKLE_SUFFIXES:
+        raise HarnessError(path, None, "pickle checkpoints are refused (they can execute code); convert it to .safetensors")
+    if not path.is_file():
+        raise HarnessError(path, None, "LoRA file not found")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+    except Exception as exc:  # safetensors raises its own types for truncated or foreign files
+        raise HarnessError(path, None, f"not a readable safetensors file ({exc}); is it truncated?") from None
+    keys = list(tensors)
+    _refuse_unusual_keys(path, keys)
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    unmatched = []
+    for key, tensor in tensors.items():
+        mapped = diffusers_module_name(key)
+        if mapped is None:
+            if not key.endswith(".alpha"):  # alpha is ignored by ai-toolkit (scale is always 1)
+                unmatched.append(key)
+            continue
+        pairs.setdefault(mapped[0], {})[mapped[1]] = tensor.to(torch.float32)
+    if unmatched:
+        shown = ", ".join(unmatched[:8]) + (f" (+{len(unmatched) - 8} more)" if len(unmatched) > 8 else "")
+        raise HarnessError(path, "keys", f"{len(unmatched)} key(s) are not ai-toolkit Wan LoRA keys: {shown}")
+    layers = {}
+    for name, ab in pairs.items():
+        if set(ab) != {"A", "B"}:
+            raise HarnessError(path, name, "has only lora_" + "".join(ab) + "; both lora_A and lora_B are needed")
+        layers[name] = LoraLayer(down=ab["A"], up=ab["B"])
+    return layers
+
+
+def check_targets(path: Path, layers: dict[str, LoraLayer], transformer: torch.nn.Module) -> dict[str, torch.nn.Linear]:
+    """Resolve every layer to a Linear of the transformer; list missing modules and name shape mismatches."""
+    modules = dict(transformer.named_modules())
+    missing = sorted(name for name in layers if not isinstance(modules.get(name), torch.nn.Linear))
+    if missing:
+        shown = ", ".join(missing[:8]) + (f" (+{len(missing) - 8} more)" if len(missing) > 8 else "")
+        raise HarnessError(path, "keys", f"{len(missing)} LoRA layer(s) match no linear of the base model: {shown}; "
+                           "is this LoRA for another model?")
+    targets = {}
+    for name, layer in layers.items():
+        linear = modules[name]
+        expected = (linear.out_features, linear.in_features)
+        got = (layer.up.shape[0], layer.down.shape[1])
+        if got != expected or layer.up.shape[1] != layer.down.shape[0]:
+            raise HarnessError(path, name, f"shape mismatch: LoRA B{tuple(layer.up.shape)} @ A{tuple(layer.down.shape)} "
+                               f"vs base weight {expected}")
+        targets[name] = linear
+    return targets
+
+
+def _unmerged_hook(layer: LoraLayer, multiplier: torch.Tensor):
+    def hook(module, inputs, output):
+        x = inputs[0].to(torch.float32)
+        delta = torch.nn.functional.linear(torch.nn.functional.linear(x, layer.down), layer.up)
+        delta = delta * _UNIT_SCALE.to(delta.device)
+        delta = delta * multiplier.to(delta.device)
+        return output + delta.to(output.dtype)
+
+    return hook
+
+
+_UNIT_SCALE = torch.tensor(1.0)  # ai-toolkit's runtime scale: alpha is forced to the rank, so always 1
+
+
+def merged_weight(weight: torch.Tensor, layer: LoraLayer, multiplier: float) -> torch.Tensor:
+    """``bf16(W.float() + m * (B @ A))``: the merge ai-toolkit does before a sampling round."""
+    delta = layer.up @ layer.down
+    return (weight.float() + delta * multiplier).to(weight.dtype)
+
+
+@contextmanager
+def applied(path_by_expert: dict, layers_by_expert: dict, transformers: dict, multiplier: float, merged: bool):
+    """Apply one LoRA per expert for the duration of a render, then leave the base weights bit-identical.
+
+    ``layers_by_expert``/``transformers`` map 'high'/'low' to parsed layers and modules; ``multiplier`` may also be a
+    dict per expert (non-ai-toolkit comparisons). A zero multiplier skips the LoRA as ai-toolkit does; all-zero up or
+    down weights (the untrained baseline) skip the merge.
+    """
+    handles, saved = [], []
+    try:
+        for expert, layers in layers_by_expert.items():
+            m = multiplier[expert] if isinstance(multiplier, dict) else multiplier
+            if m == 0:
+                continue
+            targets = check_targets(path_by_expert[expert], layers, transformers[expert])
+            for name, layer in layers.items():
+                linear = targets[name]
+                device = linear.weight.device
+                layer = LoraLayer(down=layer.down.to(device), up=layer.up.to(device))
+                if merged:
+                    if not (layer.up.any() and layer.down.any()):
+                        continue
+                    saved.append((linear, linear.weight.data))
+                    linear.weight.data = merged_weight(linear.weight.data, layer, m)
+                else:
+                    m_tensor = torch.tensor([m], dtype=torch.float32)
+                    handles.append(linear.register_forward_hook(_unmerged_hook(layer, m_tensor)))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        for linear, original in saved:
+            linear.weight.data = original

@@ -1,0 +1,99 @@
+"""Loading the base model like ai-toolkit (PARITY §11.1, §11.4, §4) and keeping it loaded across previews."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import HarnessError
+
+BF16 = torch.bfloat16
+
+
+@dataclass
+class ModelBundle:
+    """Both experts, the VAE, the UMT5 encoder and its tokenizer, all on one device."""
+
+    base_dir: Path
+    vae_dir: Path
+    device: torch.device
+    transformer: torch.nn.Module  # high-noise expert
+    transformer_2: torch.nn.Module  # low-noise expert
+    vae: torch.nn.Module
+    text_encoder: torch.nn.Module
+    tokenizer: object
+    cast_whole_bf16: bool
+    notes: list[str] = field(default_factory=list)
+
+    def expert(self, which: str) -> torch.nn.Module:
+        return self.transformer if which == "high" else self.transformer_2
+
+    @property
+    def experts(self) -> dict[str, torch.nn.Module]:
+        return {"high": self.transformer, "low": self.transformer_2}
+
+
+def load_tokenizer(path: Path):
+    """A T5 tokenizer without the SentencePiece precompiled normalizer, like ai-toolkit's PatchedT5Tokenizer."""
+    from transformers import T5Tokenizer
+
+    tokenizer = T5Tokenizer.from_pretrained(str(path), _spm_precompiled_charsmap=None)
+    tokenizer._tokenizer.normalizer = None
+    return tokenizer
+
+
+def _quiet(names=("diffusers", "transformers")):
+    """diffusers warns on the deliberate whole-model bf16 cast; the harness reports it instead."""
+    for name in names:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def load_transformer(base_dir: Path, subfolder: str, device, cast_whole_bf16: bool):
+    """``from_pretrained(torch_dtype=bf16)`` then, like ai-toolkit, ``.to(bf16)`` so fp32-kept modules become bf16."""
+    from diffusers import WanTransformer3DModel
+
+    model = WanTransformer3DModel.from_pretrained(str(base_dir), subfolder=subfolder, torch_dtype=BF16, use_safetensors=True)
+    if cast_whole_bf16:
+        model = model.to(dtype=BF16)
+    return model.to(device).eval().requires_grad_(False)
+
+
+def load_bundle(base_dir: Path, vae_dir: Path, device, cast_whole_bf16: bool = True) -> ModelBundle:
+    from diffusers import AutoencoderKLWan
+    from transformers import UMT5EncoderModel
+
+    _quiet()
+    base_dir, vae_dir, device = Path(base_dir), Path(vae_dir), torch.device(device)
+    for sub in ("transformer", "transformer_2", "text_encoder", "tokenizer"):
+        if not (base_dir / sub).is_dir():
+            raise HarnessError(base_dir, sub, f"subfolder missing; a Wan 2.2 I2V A14B diffusers folder has {sub}/")
+    with torch.no_grad():
+        transformer = load_transformer(base_dir, "transformer", device, cast_whole_bf16)
+        transformer_2 = load_transformer(base_dir, "transformer_2", device, cast_whole_bf16)
+        vae = AutoencoderKLWan.from_pretrained(str(vae_dir), torch_dtype=BF16, use_safetensors=True).to(device, BF16).eval()
+        text_encoder = UMT5EncoderModel.from_pretrained(str(base_dir / "text_encoder"), torch_dtype=BF16, use_safetensors=True)
+        text_encoder = text_encoder.to(device, BF16).eval()
+    return ModelBundle(base_dir, vae_dir, device, transformer, transformer_2, vae, text_encoder,
+                       load_tokenizer(base_dir / "tokenizer"), cast_whole_bf16)
+
+
+class ModelCache:
+    """Process-wide cache keyed by (base, vae, device, dtype rule): a suite loads each base model once."""
+
+    def __init__(self):
+        self._bundles: dict[tuple, ModelBundle] = {}
+
+    def get(self, base_dir: Path, vae_dir: Path, device, cast_whole_bf16: bool = True) -> ModelBundle:
+        key = (str(Path(base_dir).resolve()), str(Path(vae_dir).resolve()), str(torch.device(device)), cast_whole_bf16)
+        if key not in self._bundles:
+            self._bundles[key] = load_bundle(base_dir, vae_dir, device, cast_whole_bf16)
+        return self._bundles[key]
+
+    def clear(self) -> None:
+        self._bundles.clear()
+
+
+MODEL_CACHE = ModelCache()

@@ -1,0 +1,95 @@
+"""Sampler profiles: which scheduler, shift, expert boundary and dtype rules a render follows.
+
+Profiles are data, not subclasses: a result records the profile name, and the diagnosis swaps one field at a
+time. Only the ``aitk-*`` profiles claim exactness; the others reproduce what other stacks do, for diagnosis.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from ..errors import HarnessError
+
+
+@dataclass(frozen=True)
+class SamplerProfile:
+    name: str
+    scheduler: str  # "euler" (FlowMatch Euler) or "unipc"
+    shift: float
+    boundary: float  # expert switch: t >= boundary * 1000 runs the high-noise `transformer`
+    unipc_sigmas: str = "new"  # "old": diffusers sigma grid before 2026-01-22 (ai-toolkit < 0.7.25)
+    posterior: str = "sample"  # "sample" (ai-toolkit, seeded) or "mode" (stock diffusers)
+    cast_whole_bf16: bool = True  # ai-toolkit's `.to(bf16)` after from_pretrained (PARITY §11.1)
+    exact: bool = True  # whether this profile claims bit-exactness with ai-toolkit
+    description: str = ""
+
+    @property
+    def boundary_timestep(self) -> float:
+        return self.boundary * 1000.0
+
+
+PROFILES: dict[str, SamplerProfile] = {
+    p.name: p
+    for p in (
+        SamplerProfile(
+            "aitk-euler", "euler", 5.0, 0.875,
+            description="ai-toolkit >= 0.9.3 (2026-04-16): FlowMatch Euler shift 5.0, boundary 0.875",
+        ),
+        SamplerProfile(
+            "aitk-unipc", "unipc", 3.0, 0.875, unipc_sigmas="new",
+            description="ai-toolkit 0.7.25-0.9.2: UniPC flow_shift 3.0, new diffusers sigma grid, boundary 0.875",
+        ),
+        SamplerProfile(
+            "aitk-unipc-old", "unipc", 3.0, 0.875, unipc_sigmas="old",
+            description="ai-toolkit 0.4.1-0.7.24: UniPC flow_shift 3.0, old diffusers sigma grid, boundary 0.875",
+        ),
+        SamplerProfile(
+            "runcomfy", "unipc", 3.0, 0.9, cast_whole_bf16=False, exact=False,
+            description="runcomfy ai-toolkit-inference: UniPC 3.0, boundary 0.9, fp32-kept modules (diagnosis only)",
+        ),
+        SamplerProfile(
+            "diffusers-stock", "unipc", 5.0, 0.9, posterior="mode", cast_whole_bf16=False, exact=False,
+            description="stock WanImageToVideoPipeline semantics: posterior mode, fp32-kept modules (diagnosis only)",
+        ),
+    )
+}
+
+DEFAULT_PROFILE = "aitk-euler"
+
+
+def get_profile(name: str, source: str = "--profile") -> SamplerProfile:
+    """Look up a profile by name; unknown names list the valid ones."""
+    if name not in PROFILES:
+        raise HarnessError(source, None, f"unknown sampler profile {name!r}; choose one of {', '.join(PROFILES)} or auto")
+    return PROFILES[name]
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    parts = []
+    for piece in version.strip().lstrip("v").split("."):
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+def profile_for_aitk_version(version: str | None) -> tuple[SamplerProfile, str]:
+    """Pick the profile ai-toolkit of this version sampled with (PARITY §7.1); returns (profile, why)."""
+    if not version:
+        return PROFILES[DEFAULT_PROFILE], "no ai-toolkit version in the LoRA metadata; assuming the current sampler"
+    v = _version_tuple(version)
+    if v >= (0, 9, 3):
+        name = "aitk-euler"
+    elif v >= (0, 7, 25):
+        name = "aitk-unipc"
+    elif v >= (0, 4, 1):
+        name = "aitk-unipc-old"
+    else:
+        return PROFILES[DEFAULT_PROFILE], f"ai-toolkit {version} predates Wan 2.2 I2V support; assuming the current sampler"
+    return PROFILES[name], f"ai-toolkit {version} from the LoRA metadata"
+
+
+def with_overrides(profile: SamplerProfile, **changes) -> SamplerProfile:
+    """A variant of a profile (used by the diagnosis); it no longer claims exactness unless unchanged."""
+    if not changes:
+        return profile
+    return replace(profile, name=profile.name + "+" + ",".join(f"{k}={v}" for k, v in changes.items()), exact=False, **changes)
