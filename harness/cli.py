@@ -1,0 +1,188 @@
+"""``wan-parity``: argument parsing and exit codes only; the work happens in the modules it calls.
+
+Exit codes: 0 every check passed, 1 some preview drifted, 2 bad input or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import HarnessError
+
+
+def _int_set(text: str | None, flag: str) -> set[int] | None:
+    if not text:
+        return None
+    try:
+        return {int(part) for part in text.split(",") if part.strip()}
+    except ValueError:
+        raise HarnessError(None, flag, f"{text!r} is not a comma-separated list of integers (e.g. 0,250,500)") from None
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--base-model", help="local diffusers Wan 2.2 I2V folder (overrides the job's name_or_path)")
+    parser.add_argument("--vae", help="local VAE folder (default: ai-toolkit/wan2.1-vae from the HF cache, else <base>/vae)")
+    parser.add_argument("--path-map", action="append", default=[], metavar="OLD=NEW",
+                        help="rewrite a training-machine path prefix (repeatable)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    parser.add_argument("--threads", type=int, help="CPU threads (CPU results depend on it; default 2 on CPU)")
+    parser.add_argument("--profile", help="sampler profile: auto, aitk-euler, aitk-unipc, aitk-unipc-old, runcomfy, diffusers-stock")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wan-parity", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="re-render previews and compare them with their goldens")
+    run.add_argument("targets", nargs="+", metavar="TARGET",
+                     help="case file, folder of case files, ai-toolkit output folder, or runcomfy request JSON")
+    _add_run_options(run)
+    run.add_argument("--out", type=Path, default=Path("parity-out"), help="results, renders and report (default parity-out/)")
+    run.add_argument("--json", type=Path, help="also write the results JSON here")
+    run.add_argument("--save-frames", action="store_true", help="also save each render losslessly as uint8 .npy (F,H,W,3)")
+    run.add_argument("--steps", help="only these training steps, e.g. 0,250")
+    run.add_argument("--samples", help="only these sample indices, e.g. 0,2")
+    run.add_argument("--resume", action="store_true", help="skip previews whose result is already in --out")
+    run.add_argument("--no-report", action="store_true", help="skip the HTML report")
+
+    imp = sub.add_parser("import", help="turn an ai-toolkit output folder into a committed case")
+    imp.add_argument("output_dir", type=Path)
+    imp.add_argument("--name", required=True)
+    imp.add_argument("--cases-dir", type=Path, default=Path("cases"))
+    imp.add_argument("--golden-dir", type=Path, default=Path("golden"))
+    imp.add_argument("--path-map", action="append", default=[], metavar="OLD=NEW")
+    imp.add_argument("--force", action="store_true", help="overwrite an existing case")
+
+    demo = sub.add_parser("demo", help="build a tiny model offline, run the bundled case, write the report")
+    demo.add_argument("--out", type=Path, default=Path("parity-out/demo"))
+    return parser
+
+
+def cmd_run(args) -> int:
+    from .paths import PathMap
+    from .runner import RunOptions, atomic_write_json, exit_code, results_document, run_targets
+    from .targets import collect, select
+
+    options = RunOptions(base_model=args.base_model, vae=args.vae, path_map=PathMap(args.path_map), device=args.device,
+                         out=args.out, save_frames=args.save_frames, threads=args.threads, profile=args.profile,
+                         resume=args.resume)
+    if args.profile and args.profile != "auto":
+        from .render.profiles import get_profile
+
+        get_profile(args.profile)
+    targets = []
+    for target in args.targets:
+        targets.extend(collect(target))
+    targets = select(targets, _int_set(args.steps, "--steps"), _int_set(args.samples, "--samples"))
+    if not targets:
+        raise HarnessError(None, "TARGET", "no previews selected (check --steps/--samples and the samples/ folder)")
+    _check_writable(args.out)
+    environment, results = run_with_progress(targets, options)
+    document = results_document(environment, results)
+    atomic_write_json(args.out / "results.json", document)
+    if args.json:
+        atomic_write_json(args.json, document)
+    if not args.no_report:
+        _write_report(document, args.out)
+    print_table(results)
+    return exit_code(results)
+
+
+def _check_writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise HarnessError(out, "--out", f"output directory is not writable ({exc.strerror})") from None
+
+
+def _write_report(document: dict, out: Path) -> None:
+    try:
+        from .report import write_report
+    except ImportError:
+        return
+    path = write_report(document, out)
+    print(f"report: {path}", file=sys.stderr)
+
+
+def run_with_progress(targets, options):
+    """Progress bars on stderr: previews overall and denoising steps of the current one."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .runner import run_targets
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, transient=True, redirect_stdout=False) as bars:
+        overall = bars.add_task("previews", total=len(targets))
+        steps = bars.add_task("denoise", total=None)
+
+        def on_step():
+            bars.advance(steps)
+
+        def on_result(result):
+            bars.advance(overall)
+            bars.reset(steps)
+
+        return run_targets(targets, options, on_result=on_result, progress=on_step)
+
+
+def print_table(results) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="wan-parity results")
+    for col in ("preview", "status", "bit-exact", "PSNR min", "SSIM min", "message"):
+        table.add_column(col)
+    for r in results:
+        table.add_row(r["key"], r["status"], "yes" if r.get("bit_exact") else "no", _fmt(r.get("psnr_min")),
+                      _fmt(r.get("ssim_min")), (r.get("message") or "")[:120])
+    Console(stderr=False).print(table)
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    return "inf" if value in ("inf", float("inf")) else f"{float(value):.3f}"
+
+
+def cmd_import(args) -> int:
+    from .case import import_output
+    from .paths import PathMap
+
+    path = import_output(args.output_dir, args.name, cases_dir=args.cases_dir, golden_dir=args.golden_dir,
+                         path_map=PathMap(args.path_map), force=args.force)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(args.out)
+
+
+COMMANDS = {"run": cmd_run, "import": cmd_import, "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except HarnessError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc.line()}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished previews are kept in --out; rerun with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

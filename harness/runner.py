@@ -1,0 +1,345 @@
+"""Render every selected preview, compare it with its golden, and write one result per preview.
+
+This is the shared engine of the CLI and the pytest plugin: both build ``PreviewTarget``s and call ``run_one``.
+Results are written per preview and atomically, so an interrupted run keeps what it finished (``--resume``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import HarnessError
+from .paths import PathMap, resolve_ctrl_img, resolve_model, resolve_vae
+from .spec import PreviewJob
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class PreviewTarget:
+    """A preview plus what the renderer needs that the preview itself does not say."""
+
+    preview: PreviewJob
+    model_name: str  # the job's model.name_or_path
+    config_file: Path
+    search_dirs: list[Path] = field(default_factory=list)  # last-resort places to look for a ctrl_img by name
+    profile: str = "auto"
+    thresholds: object = None  # metrics.Thresholds; None = defaults
+    path_map: PathMap = field(default_factory=PathMap)
+    model_block: dict = field(default_factory=dict)
+    threads: int | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.preview.case}::{self.preview.step}::{self.preview.index}" + (
+            f"::{self.preview.extra.get('time')}" if self.preview.label_note else "")
+
+
+@dataclass
+class RunOptions:
+    base_model: str | None = None
+    vae: str | None = None
+    path_map: PathMap = field(default_factory=PathMap)
+    device: str = "auto"
+    out: Path | None = None
+    save_frames: bool = False
+    threads: int | None = None
+    profile: str | None = None  # overrides the case's profile
+    resume: bool = False
+
+
+def resolve_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise HarnessError(None, "--device", f"{name} requested but no CUDA device is visible; use --device cpu")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise HarnessError(None, "--device", f"unknown device {name!r}; use cpu, cuda, cuda:N or auto")
+    return name
+
+
+def set_threads(threads: int | None, device: str) -> int:
+    """CPU results depend on the thread count (the oracle used 2), so CPU runs default to 2 and record it."""
+    import torch
+
+    if threads is None and device == "cpu":
+        threads = 2
+    if threads is not None:
+        if threads < 1:
+            raise HarnessError(None, "--threads", "must be at least 1")
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+def choose_profile(target: PreviewTarget, override: str | None):
+    """Profile by name, or ``auto``: from the ai-toolkit version in the LoRA metadata (PARITY §7.1)."""
+    from .aitk.outputs import lora_software_version
+    from .render.profiles import get_profile, profile_for_aitk_version
+
+    name = override or target.profile or "auto"
+    if name != "auto":
+        return get_profile(name), f"profile {name} chosen explicitly"
+    lora = target.preview.lora
+    version = None
+    if lora is not None:
+        for path in (lora.high, lora.low):
+            if path is not None and Path(path).is_file():
+                version = lora_software_version(path)
+                break
+    return profile_for_aitk_version(version)
+
+
+def approximations(target: PreviewTarget, profile) -> list[str]:
+    """Reasons this render cannot claim bit-exactness, said up front rather than discovered as drift."""
+    notes = []
+    model = target.model_block or {}
+    if model.get("quantize"):
+        notes.append(f"the job quantized the transformer ({model.get('qtype', 'qfloat8')}); this render is a bf16 reference")
+    if model.get("layer_offloading"):
+        notes.append("the job used layer_offloading (torchao float8); this render is a bf16 reference")
+    if not profile.exact:
+        notes.append(f"profile {profile.name} is a diagnosis profile, not ai-toolkit's sampler")
+    return notes
+
+
+class Engine:
+    """Holds loaded models, parsed LoRAs and prompt embeddings for the whole run."""
+
+    def __init__(self, options: RunOptions, progress=None):
+        from .render.models import MODEL_CACHE
+        from .render.text import PromptCache
+
+        self.options = options
+        self.device = resolve_device(options.device)
+        self.threads = set_threads(options.threads, self.device)
+        self.models = MODEL_CACHE
+        self.prompts = PromptCache()
+        self.loras: dict[str, dict] = {}
+        self.progress = progress
+
+    def environment(self) -> dict:
+        from .environment import fingerprint
+
+        return fingerprint(self.device)
+
+    def _lora_layers(self, path: Path) -> dict:
+        from .render.lora import read_lora_file
+
+        key = str(path)
+        if key not in self.loras:
+            self.loras = {key: read_lora_file(path)} | {k: v for k, v in list(self.loras.items())[-3:]}
+        return self.loras[key]
+
+    def _bundle(self, target: PreviewTarget, profile):
+        merged_map = combine_maps(self.options.path_map, target.path_map)
+        base, base_note = resolve_model(target.model_name, merged_map, self.options.base_model, file=target.config_file)
+        if self.options.vae:
+            vae, vae_note = Path(self.options.vae), f"VAE from --vae {self.options.vae}"
+        else:
+            vae, vae_note = resolve_vae(base)
+        bundle = self.models.get(base, vae, self.device, cast_whole_bf16=profile.cast_whole_bf16)
+        return bundle, [n for n in (base_note, vae_note) if n], merged_map
+
+    def render(self, target: PreviewTarget):
+        """Render one preview exactly; returns (frames, trace, profile, notes)."""
+        from .render import lora as lora_mod
+        from .render.conditioning import load_control_image
+        from .render.pipeline import render_sample
+
+        preview = target.preview
+        profile, profile_why = choose_profile(target, self.options.profile)
+        bundle, notes, merged_map = self._bundle(target, profile)
+        sample = preview.sample
+        ctrl, ctrl_note = resolve_ctrl_img(sample.ctrl_img, merged_map, target.search_dirs, file=target.config_file,
+                                           field=f"sample.samples[{sample.index}].ctrl_img")
+        notes += [profile_why] + ([ctrl_note] if ctrl_note else [])
+        try:
+            image = load_control_image(ctrl, sample.width, sample.height)
+        except (OSError, ValueError) as exc:
+            raise HarnessError(ctrl, f"sample.samples[{sample.index}].ctrl_img", f"not a readable image ({exc})") from None
+        paths, layers = {}, {}
+        if preview.lora is not None:
+            for side in ("high", "low"):
+                path = getattr(preview.lora, side)
+                if path is not None:
+                    paths[side], layers[side] = Path(path), self._lora_layers(Path(path))
+        multiplier = preview.extra.get("multipliers", sample.network_multiplier)
+        with lora_mod.applied(paths, layers, bundle.experts, multiplier, merged=preview.merged):
+            result = render_sample(bundle, sample, image, profile, self.prompts, progress=self.progress)
+        return result, profile, notes
+
+
+def combine_maps(*maps: PathMap) -> PathMap:
+    """One map from several (CLI and case); the longest prefix still wins across all of them."""
+    combined = PathMap()
+    for path_map in maps:
+        combined.pairs.extend(path_map.pairs)
+    combined.pairs.sort(key=lambda p: len(p[0]), reverse=True)
+    return combined
+
+
+def _comparison_fields(golden_frames, render_frames, raw_golden, fps, ext, thresholds):
+    from .media import reencode_roundtrip
+    from .metrics import ENCODED_VIEW, compare_clips, verdict
+
+    thresholds = thresholds or ENCODED_VIEW
+    encoded = compare_clips(golden_frames, reencode_roundtrip(render_frames, fps=fps, ext=ext))
+    raw = compare_clips(golden_frames, render_frames)
+    fields = {
+        "status": verdict(encoded, thresholds),
+        "bit_exact": bool(encoded.bit_exact),
+        "encoded": encoded.to_json(),
+        "raw": raw.to_json(),
+        "thresholds": {"psnr_min": thresholds.psnr_min, "ssim_min": thresholds.ssim_min},
+    }
+    if raw_golden is not None:
+        lossless = compare_clips(raw_golden, render_frames)
+        fields["raw_golden"] = lossless.to_json()
+        fields["bit_exact_raw"] = bool(lossless.bit_exact)
+    summary = encoded.to_json()
+    for key in ("psnr_mean", "psnr_min", "ssim_mean", "ssim_min", "worst_frame"):
+        fields[key] = summary.get(key)
+    fields["psnr_per_frame"] = summary.get("psnr")
+    fields["ssim_per_frame"] = summary.get("ssim")
+    if encoded.mismatch:
+        fields["message"] = encoded.mismatch
+    return fields
+
+
+def base_result(target: PreviewTarget) -> dict:
+    p, s = target.preview, target.preview.sample
+    return {
+        "key": target.key, "case": p.case, "golden": str(p.golden), "golden_raw": str(p.golden_raw) if p.golden_raw else None,
+        "step": p.step, "index": p.index, "label_note": p.label_note or None,
+        "seed": s.seed, "prompt": s.prompt, "negative_prompt": s.negative_prompt,
+        "width": s.width, "height": s.height, "num_frames": s.num_frames, "fps": s.fps,
+        "guidance_scale": s.guidance_scale, "sample_steps": s.sample_steps,
+        "network_multiplier": p.extra.get("multipliers", s.network_multiplier),
+        "ctrl_img": s.ctrl_img,
+        "lora": None if p.lora is None else {"high": str(p.lora.high) if p.lora.high else None,
+                                             "low": str(p.lora.low) if p.lora.low else None},
+        "lora_path": "none" if p.lora is None else ("merged" if p.merged else "unmerged"),
+        "status": None, "bit_exact": False, "psnr_mean": None, "psnr_min": None, "ssim_mean": None, "ssim_min": None,
+        "psnr_per_frame": None, "ssim_per_frame": None, "frames_path": None, "render_path": None, "message": None,
+    }
+
+
+def run_one(engine: Engine, target: PreviewTarget) -> dict:
+    """Render, compare and (with --out) write one preview; user-facing problems become an ``error`` result."""
+    from .media import read_frames, write_like_aitk, save_npy_atomic
+
+    result = base_result(target)
+    if target.preview.unreproducible:
+        result.update(status="unreproducible", message=target.preview.unreproducible)
+        return result
+    started = time.perf_counter()
+    try:
+        golden = read_frames(target.preview.golden)
+        raw_golden = np.load(target.preview.golden_raw) if target.preview.golden_raw else None
+        render, profile, notes = engine.render(target)
+    except HarnessError as exc:
+        result.update(status="error", message=exc.line())
+        return result
+    ext = Path(target.preview.golden).suffix.lstrip(".").lower() or "webp"
+    result.update(_comparison_fields(golden.frames, render.frames, raw_golden, target.preview.sample.fps, ext,
+                                     target.thresholds))
+    approx = approximations(target, profile)
+    result.update(profile=profile.name, profile_exact=profile.exact, approximate=approx or None, notes=notes,
+                  trace=[list(t) for t in render.trace], seconds=round(time.perf_counter() - started, 3))
+    if result["message"] is None:
+        result["message"] = _describe(result)
+    if engine.options.out is not None:
+        stem = Path(target.preview.golden).stem
+        folder = Path(engine.options.out) / "renders" / _safe(target.preview.case)
+        folder.mkdir(parents=True, exist_ok=True)
+        result["render_path"] = str(write_like_aitk(folder / f"{stem}.{ext}", render.frames, target.preview.sample.fps))
+        if engine.options.save_frames:
+            result["frames_path"] = str(save_npy_atomic(folder / f"{stem}.npy", render.frames))
+    return result
+
+
+def _describe(result: dict) -> str:
+    if result["bit_exact"]:
+        return "bit-exact with the golden preview"
+    return (f"encoded PSNR min {_fmt(result['psnr_min'])} dB, SSIM min {_fmt(result['ssim_min'])} "
+            f"(worst frame {result.get('worst_frame')})")
+
+
+def _fmt(value) -> str:
+    return "inf" if value in ("inf", float("inf")) else ("n/a" if value is None else f"{float(value):.3f}")
+
+
+def _safe(name: str) -> str:
+    """A case name as a single folder name: outputs stay under --out whatever the name says."""
+    cleaned = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name).strip(".")
+    return cleaned or "case"
+
+
+def atomic_write_json(path: Path, data) -> Path:
+    """Write-then-rename, so a crash or a full disk never leaves half a JSON file behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, indent=2, allow_nan=False, default=str)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def result_file(out: Path, target: PreviewTarget) -> Path:
+    return Path(out) / "results" / _safe(target.preview.case) / (_safe(target.key.replace("::", "__")) + ".json")
+
+
+def summarize(results: list[dict]) -> dict:
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    return {"total": len(results), **counts, "bit_exact": sum(1 for r in results if r.get("bit_exact"))}
+
+
+def exit_code(results: list[dict]) -> int:
+    """0 every check passed, 1 some preview drifted, 2 bad input (an ``error`` result)."""
+    statuses = {r["status"] for r in results}
+    if "error" in statuses:
+        return 2
+    return 1 if "fail" in statuses else 0
+
+
+def run_targets(targets: list[PreviewTarget], options: RunOptions, on_result=None, progress=None) -> tuple[dict, list[dict]]:
+    """Run all targets in an order that reuses loaded models and LoRAs; returns (environment, results)."""
+    engine = Engine(options, progress=progress)
+    ordered = sorted(targets, key=lambda t: (t.model_name, str(t.preview.lora), t.preview.case, t.preview.step, t.preview.index))
+    results = []
+    for target in ordered:
+        done = result_file(options.out, target) if options.out is not None else None
+        if options.resume and done is not None and done.is_file():
+            result = json.loads(done.read_text())
+            result["resumed"] = True
+        else:
+            result = run_one(engine, target)
+            if done is not None:
+                atomic_write_json(done, result)
+        results.append(result)
+        if on_result is not None:
+            on_result(result)
+    return engine.environment(), results
+
+
+def results_document(environment: dict, results: list[dict]) -> dict:
+    return {"schema_version": SCHEMA_VERSION, "environment": environment, "summary": summarize(results), "results": results}
