@@ -35,6 +35,7 @@ __all__ = [
     "build_tokenizer",
     "lora_module_names",
     "aitk_lora_filename",
+    "aitk_metadata",
     "write_aitk_lora",
     "make_demo_lora_pair",
 ]
@@ -252,12 +253,12 @@ def _make_vae(seed: int):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = AutoencoderKLWan(**VAE_CONFIG)
-    _shape_vae_posterior(model)
+        _shape_vae(model)
     return model.eval()
 
 
-def _shape_vae_posterior(vae) -> None:
-    """Make the random encoder's posterior look like a trained one.
+def _shape_vae(vae) -> None:
+    """Make the random VAE behave a bit like a trained one (runs inside the seeded build).
 
     Why: at default init the posterior mean has std ~0.13 and two different images differ by
     ~0.05, which the pipeline's (z - latents_mean) / latents_std normalisation shrinks to almost
@@ -265,6 +266,11 @@ def _shape_vae_posterior(vae) -> None:
     [mean | logvar]; scaling the mean rows by 10 gives a mean std ~1.3 (like real latents), and
     pushing logvar to ~-8 makes the posterior narrow (std ~0.02), so sampling the posterior and
     taking its mode give nearly the same latents, as with the real VAE.
+
+    On the decoder side, the output conv is scaled by 1.5 for more contrast and its bias is set so
+    that decoding typical latents (N(0, 1) in normalised space, as the pipeline produces) gives
+    frames centred on mid-grey; otherwise two channels sit near 0.7 and many pixels clip at 1,
+    which hides differences between renders. (The VAE's decode clamps to [-1, 1].)
     """
     z = VAE_CONFIG["z_dim"]
     with torch.no_grad():
@@ -272,6 +278,16 @@ def _shape_vae_posterior(vae) -> None:
         vae.quant_conv.bias[:z].mul_(10.0)
         vae.quant_conv.weight[z:].mul_(0.1)
         vae.quant_conv.bias[z:].fill_(-8.0)
+
+        conv_out = vae.decoder.conv_out
+        conv_out.weight.mul_(1.5)
+        conv_out.bias.zero_()
+        mean = torch.tensor(WAN21_LATENTS_MEAN).view(1, z, 1, 1, 1)
+        std = torch.tensor(WAN21_LATENTS_STD).view(1, z, 1, 1, 1)
+        latents = torch.randn(1, z, 3, 8, 8) * std + mean
+        frames = vae.decode(latents).sample  # [-1, 1] range, mid-grey = 0
+        # Rounded so float noise across thread counts / CPUs cannot change the saved bytes.
+        conv_out.bias.copy_(torch.round(-frames.mean(dim=(0, 2, 3, 4)) * 1000) / 1000)
 
 
 def _make_text_encoder(seed: int):
