@@ -75,7 +75,7 @@ def cmd_run(args) -> int:
         get_profile(args.profile)
     targets = []
     for target in args.targets:
-        targets.extend(collect(target))
+        targets.extend(collect(target, options.path_map, cache_dir=args.out / "ctrl-cache"))
     targets = select(targets, _int_set(args.steps, "--steps"), _int_set(args.samples, "--samples"))
     if not targets:
         raise HarnessError(None, "TARGET", "no previews selected (check --steps/--samples and the samples/ folder)")

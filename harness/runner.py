@@ -32,9 +32,10 @@ class PreviewTarget:
     search_dirs: list[Path] = field(default_factory=list)  # last-resort places to look for a ctrl_img by name
     profile: str = "auto"
     thresholds: object = None  # metrics.Thresholds; None = defaults
-    path_map: PathMap = field(default_factory=PathMap)
+    path_map: PathMap = field(default_factory=PathMap)  # CLI map combined with the case's
     model_block: dict = field(default_factory=dict)
     threads: int | None = None
+    vae: str | None = None  # the case's VAE override
 
     @property
     def key(self) -> str:
@@ -140,10 +141,11 @@ class Engine:
         return self.loras[key]
 
     def _bundle(self, target: PreviewTarget, profile):
-        merged_map = combine_maps(self.options.path_map, target.path_map)
+        merged_map = target.path_map
         base, base_note = resolve_model(target.model_name, merged_map, self.options.base_model, file=target.config_file)
-        if self.options.vae:
-            vae, vae_note = Path(self.options.vae), f"VAE from --vae {self.options.vae}"
+        vae_override = self.options.vae or target.vae
+        if vae_override:
+            vae, vae_note = Path(vae_override), f"VAE from {vae_override}"
         else:
             vae, vae_note = resolve_vae(base)
         bundle = self.models.get(base, vae, self.device, cast_whole_bf16=profile.cast_whole_bf16)
@@ -176,15 +178,6 @@ class Engine:
         with lora_mod.applied(paths, layers, bundle.experts, multiplier, merged=preview.merged):
             result = render_sample(bundle, sample, image, profile, self.prompts, progress=self.progress)
         return result, profile, notes
-
-
-def combine_maps(*maps: PathMap) -> PathMap:
-    """One map from several (CLI and case); the longest prefix still wins across all of them."""
-    combined = PathMap()
-    for path_map in maps:
-        combined.pairs.extend(path_map.pairs)
-    combined.pairs.sort(key=lambda p: len(p[0]), reverse=True)
-    return combined
 
 
 def _comparison_fields(golden_frames, render_frames, raw_golden, fps, ext, thresholds):

@@ -1,14 +1,18 @@
-"""Turn what the user points at (ai-toolkit output folder, case file, folder of cases, runcomfy JSON) into targets."""
+"""Turn what the user points at (ai-toolkit output folder, case file, folder of cases, runcomfy JSON) into targets.
+
+This is the one place that knows the kinds of input; everything downstream sees ``PreviewTarget``s.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from .errors import HarnessError
+from .paths import PathMap
 from .runner import PreviewTarget
 
 
-def from_output_dir(output_dir: Path, profile: str = "auto") -> list[PreviewTarget]:
+def from_output_dir(output_dir: Path, path_map: PathMap | None = None) -> list[PreviewTarget]:
     """An ai-toolkit output folder used directly: its config.yaml plus samples/ and the checkpoints beside them."""
     from .aitk.job import load_job
     from .aitk.outputs import discover
@@ -17,28 +21,60 @@ def from_output_dir(output_dir: Path, profile: str = "auto") -> list[PreviewTarg
     job = load_job(config)
     return [
         PreviewTarget(preview=p, model_name=str(job.model.get("name_or_path", "")), config_file=config,
-                      search_dirs=[Path(output_dir)], profile=profile, model_block=job.model)
+                      search_dirs=[Path(output_dir)], path_map=path_map or PathMap(), model_block=job.model)
         for p in discover(output_dir, job)
     ]
 
 
-def collect(target: str | Path) -> list[PreviewTarget]:
+def from_case(case_file: Path, path_map: PathMap | None = None) -> list[PreviewTarget]:
+    """A committed case: goldens from golden_dir, LoRAs from lora_dir, tolerances and profile from the case."""
+    from .aitk.job import load_job
+    from .case import load_case
+    from .metrics import Thresholds
+
+    case = load_case(case_file)
+    config = case.golden_path() / "config.yaml"
+    job = load_job(config)
+    combined = case.combined_map(path_map)
+    thresholds = Thresholds(**case.tolerances) if case.tolerances else None
+    model_name = case.base_model_path() or str(job.model.get("name_or_path", ""))
+    return [
+        PreviewTarget(preview=p, model_name=model_name, config_file=Path(case_file), search_dirs=[case.golden_path()],
+                      profile=case.profile, thresholds=thresholds, path_map=combined, model_block=job.model,
+                      threads=case.threads, vae=case.vae_path())
+        for p in case.preview_jobs(path_map)
+    ]
+
+
+def from_runcomfy(request: Path, path_map: PathMap | None = None, cache_dir: Path | None = None) -> list[PreviewTarget]:
+    """A runcomfy-style request: no job config, so the base model comes from --base-model."""
+    from .sources.runcomfy import load_request
+
+    return [
+        PreviewTarget(preview=p, model_name="", config_file=Path(request), search_dirs=[Path(request).parent],
+                      profile=p.extra.get("profile", "runcomfy"), path_map=path_map or PathMap())
+        for p in load_request(request, path_map=path_map, cache_dir=cache_dir)
+    ]
+
+
+def collect(target: str | Path, path_map: PathMap | None = None, cache_dir: Path | None = None) -> list[PreviewTarget]:
     """Dispatch on what the path is; anything else is a one-line error naming it."""
-    from . import case as case_mod
+    from .case import find_case_files, is_aitk_output_dir
+    from .sources.runcomfy import is_runcomfy_request
 
     path = Path(target)
     if not path.exists():
-        raise HarnessError(path, None, "not found; give a case file, a folder of case files or an ai-toolkit output folder")
-    if path.is_dir() and case_mod.is_aitk_output_dir(path):
-        return from_output_dir(path)
-    if path.suffix.lower() == ".json":
-        from .sources.runcomfy import load_request
-
-        return load_request(path)
-    targets = []
-    for case_file in case_mod.find_case_files(path):
-        targets.extend(case_mod.load_case(case_file).targets())
-    return targets
+        raise HarnessError(path, None, "not found; give a case file, a folder of case files, an ai-toolkit output "
+                                       "folder or a runcomfy request JSON")
+    if path.is_dir() and is_aitk_output_dir(path):
+        return from_output_dir(path, path_map)
+    if path.is_file() and is_runcomfy_request(path):
+        return from_runcomfy(path, path_map, cache_dir)
+    case_files = find_case_files(path)
+    if not case_files:
+        raise HarnessError(path, None, "no case files here (YAML with schema: wan-parity/case@1); for an ai-toolkit "
+                                       "output folder give the folder holding config.yaml and samples/")
+    return [t for case_file in case_files for t in from_case(case_file, path_map)]
 
 
 def select(targets: list[PreviewTarget], steps: set[int] | None, samples: set[int] | None) -> list[PreviewTarget]:

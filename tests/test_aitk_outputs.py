@@ -197,3 +197,16 @@ def test_oracle_discovery_matches_manifest(case):
 def test_oracle_lora_version():
     f = ORACLE / "cases/case_a/output/oracle_case_a/oracle_case_a_high_noise.safetensors"
     assert lora_software_version(f) == "0.12.26"
+
+
+def test_lora_dir_separate_from_previews(tmp_path):
+    """A case keeps copies of the previews elsewhere; checkpoints are looked up in lora_dir only."""
+    out = make_output(tmp_path, ["1__000000004_0.webp"], both("myjob_000000004"))
+    copy = make_output(tmp_path / "copy", ["1__000000004_0.webp"], [])
+    assert discover(copy)[0].lora is None
+    j = discover(copy, lora_dir=out)[0]
+    assert j.golden == copy / "samples/1__000000004_0.webp"
+    assert j.lora.high == out / "myjob_000000004_high_noise.safetensors" and j.unreproducible is None
+    with pytest.raises(HarnessError) as e:
+        discover(copy, lora_dir=tmp_path / "gone")
+    assert "LoRA folder not found" in str(e.value)

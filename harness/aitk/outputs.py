@@ -42,11 +42,19 @@ def scan_previews(samples_dir: Path) -> list[FoundPreview]:
     return sorted(found, key=lambda f: (f.step, f.index, f.time, f.path.name))
 
 
-def discover(output_dir: str | Path, job: AitkJob | None = None, case: str | None = None) -> list[PreviewJob]:
-    """Every preview in the output folder, paired with its effective sample settings and checkpoint."""
+def discover(output_dir: str | Path, job: AitkJob | None = None, case: str | None = None,
+             lora_dir: str | Path | None = None) -> list[PreviewJob]:
+    """Every preview in the output folder, paired with its effective sample settings and checkpoint.
+
+    ``lora_dir`` is where the checkpoints live when they are not next to the previews: a case keeps a
+    copy of the previews but only references the (large) LoRA files in the original output folder.
+    """
     out = Path(output_dir)
     if not out.is_dir():
         raise HarnessError(out, None, "output folder not found; give <training_folder>/<job name>")
+    loras = Path(lora_dir) if lora_dir is not None else out
+    if not loras.is_dir():
+        raise HarnessError(loras, None, "LoRA folder not found; give the job's output folder that holds the checkpoints")
     job = job if job is not None else load_job(out / "config.yaml")
     samples_dir = out / "samples"
     if not samples_dir.is_dir():
@@ -58,7 +66,7 @@ def discover(output_dir: str | Path, job: AitkJob | None = None, case: str | Non
     jobs = []
     for (step, index), renders in sorted(groups.items()):
         for k, found in enumerate(renders):
-            jobs.append(_pair(out, job, rounds, found, k, len(renders), case or out.name))
+            jobs.append(_pair(out, loras, job, rounds, found, k, len(renders), case or out.name))
     return jobs
 
 
@@ -80,7 +88,8 @@ def _round_at(job: AitkJob, rounds: dict, step: int, index: int, k: int) -> str:
     return having[min(k, len(having) - 1)]
 
 
-def _pair(out: Path, job: AitkJob, rounds: dict, f: FoundPreview, k: int, n: int, case: str) -> PreviewJob:
+def _pair(out: Path, loras: Path, job: AitkJob, rounds: dict, f: FoundPreview, k: int, n: int,
+          case: str) -> PreviewJob:
     """Build one PreviewJob; missing inputs make it unreproducible rather than failing the whole run."""
     round_name = _round_at(job, rounds, f.step, f.index, k)
     specs = rounds[round_name]
@@ -89,7 +98,7 @@ def _pair(out: Path, job: AitkJob, rounds: dict, f: FoundPreview, k: int, n: int
     else:
         spec = _placeholder(f.index, f"{round_name} lists only {len(specs)} samples but the file name says index "
                                      f"{f.index}; the config does not match this output folder")
-    lora, lora_reason = _lora_for(out, job, f.step)
+    lora, lora_reason = _lora_for(loras, job, f.step)
     merged, merge_reason = merge_decision(job, specs)
     raw = out / "samples_raw" / (f.path.stem + ".npy")
     return PreviewJob(

@@ -1,0 +1,515 @@
+"""Case files: one ai-toolkit job's previews frozen next to everything needed to re-render them.
+
+A nightly run must not depend on a training box that keeps deleting old checkpoints and previews, so a
+case keeps *copies* of the small things (previews, lossless frames, config, control images) and only
+*references* the big ones (LoRA checkpoints, base model). The file is YAML, read with ``safe_load``::
+
+    schema: wan-parity/case@1        # required; bumped on incompatible changes
+    name: oracle_case_a              # required; letters, digits, . _ - (used in report paths)
+    golden_dir: ../golden/oracle_case_a   # required; relative to this file (or absolute): a copy of the
+                                     # ai-toolkit output layout: config.yaml, samples/, samples_raw/, ctrl/
+    lora_dir: /data/out/oracle_case_a     # optional; where the checkpoints are (default: golden_dir);
+                                     # relative to this file or absolute; path_map applies to it
+    ctrl_images:                     # optional; control image path as written in the config -> copy in
+      /workspace/oracle/assets/ctrl/ctrl_0.png: ctrl_0.png   # golden_dir/ctrl/
+    base_model: null                 # optional; overrides the config's model.name_or_path
+    vae: null                        # optional; VAE folder override
+    path_map: {/workspace/oracle: /work/shared/oracle}  # optional; OLD: NEW, on top of the CLI's --path-map
+    profile: auto                    # auto | aitk-euler | aitk-unipc | aitk-unipc-old | runcomfy | diffusers-stock
+    threads: 2                       # optional; CPU threads for the render (bit-exactness depends on it)
+    tolerances: {psnr_min: 40.0, ssim_min: 0.99}   # optional; both keys optional
+    steps: [0, 2]                    # optional; only previews with these step labels
+    samples: [0]                     # optional; only these sample indices
+    notes: free text                 # optional
+
+``base_model``/``vae``: absolute paths and hub ids are used as written; a relative value is taken relative
+to the case file when something exists there.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from harness.aitk.job import load_job
+from harness.aitk.outputs import PREVIEW_RE, discover
+from harness.aitk.samples import UNREPRODUCIBLE, expand_samples
+from harness.errors import HarnessError
+from harness.paths import PathMap, resolve_ctrl_img
+from harness.spec import PreviewJob
+
+SCHEMA = "wan-parity/case@1"
+# Mirrors harness.render.profiles.PROFILES; kept here so reading a case never imports torch.
+PROFILE_NAMES = ("auto", "aitk-euler", "aitk-unipc", "aitk-unipc-old", "runcomfy", "diffusers-stock")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+REQUIRED = ("schema", "name", "golden_dir")
+OPTIONAL = ("lora_dir", "ctrl_images", "base_model", "vae", "path_map", "profile", "threads", "tolerances",
+            "steps", "samples", "notes")
+TOLERANCE_KEYS = ("psnr_min", "ssim_min")
+CASE_SUFFIXES = (".yaml", ".yml")
+HEADER = f"# wan-parity case file ({SCHEMA}); schema documented in harness/case.py\n"
+
+
+@dataclass
+class Case:
+    """A parsed case file. Path-like fields are kept as written; the methods resolve them."""
+
+    name: str
+    golden_dir: str
+    path: Path | None = None  # the case file; relative fields are relative to its folder (cwd while unsaved)
+    lora_dir: str | None = None
+    ctrl_images: dict[str, str] = field(default_factory=dict)
+    base_model: str | None = None
+    vae: str | None = None
+    path_map: dict[str, str] = field(default_factory=dict)
+    profile: str = "auto"
+    threads: int | None = None
+    tolerances: dict[str, float] = field(default_factory=dict)
+    steps: list[int] | None = None
+    samples: list[int] | None = None
+    notes: str = ""
+
+    @property
+    def base(self) -> Path:
+        """The folder relative paths are resolved against (cwd for a case never saved)."""
+        return self.path.parent if self.path is not None else Path.cwd()
+
+    def golden_path(self) -> Path:
+        """The golden folder on this machine."""
+        return _under(self.base, self.golden_dir)
+
+    def combined_map(self, cli_map: PathMap | Iterable[str] | None = None) -> PathMap:
+        """The CLI's --path-map with this case's entries on top (a case entry wins for the same OLD)."""
+        return combine_maps(cli_map, self.path_map)
+
+    def lora_path(self, cli_map: PathMap | Iterable[str] | None = None) -> Path:
+        """Where the checkpoints are: lora_dir (mapped) or, without one, the golden folder itself."""
+        if self.lora_dir is None:
+            return self.golden_path()
+        return _under(self.base, self.combined_map(cli_map).map(self.lora_dir))
+
+    def base_model_path(self) -> str | None:
+        """base_model as the resolver expects it (see the module docstring for relative values)."""
+        return _model_ref(self.base, self.base_model)
+
+    def vae_path(self) -> str | None:
+        """vae as the resolver expects it."""
+        return _model_ref(self.base, self.vae)
+
+    def preview_jobs(self, path_map: PathMap | Iterable[str] | None = None) -> list[PreviewJob]:
+        """Discover the golden previews, pair them with the referenced LoRAs and the copied control images."""
+        golden = self.golden_path()
+        if not is_aitk_output_dir(golden):
+            raise HarnessError(self.path, "golden_dir", f"{golden} is not a golden folder (needs config.yaml and samples/); "
+                                                     "re-import the output folder")
+        pmap = self.combined_map(path_map)
+        loras = self.lora_path(path_map)
+        if not loras.is_dir():
+            raise HarnessError(self.path, "lora_dir", f"{loras} does not exist; add a path_map entry (here or "
+                                                      "--path-map OLD=NEW) pointing at the folder with the checkpoints")
+        jobs = discover(golden, case=self.name, lora_dir=loras)
+        return [self._finish(j, golden, pmap) for j in jobs if self._wanted(j)]
+
+    def _wanted(self, job: PreviewJob) -> bool:
+        """The steps/samples filters; absent means everything."""
+        return ((self.steps is None or job.step in self.steps)
+                and (self.samples is None or job.index in self.samples))
+
+    def _finish(self, job: PreviewJob, golden: Path, pmap: PathMap) -> PreviewJob:
+        """Point the sample at the copied control image; an image found nowhere makes the preview unreproducible."""
+        extra = {**job.extra, "profile": self.profile, "case_file": str(self.path) if self.path else None}
+        ctrl = job.sample.ctrl_img
+        if not ctrl:
+            return replace(job, extra=extra)
+        local, reason = self._ctrl_local(ctrl, golden, pmap)
+        if local is None:
+            return replace(job, extra=extra, unreproducible=_join_reasons(job.unreproducible, reason))
+        extra["ctrl_img_config"] = ctrl
+        return replace(job, sample=replace(job.sample, ctrl_img=str(local)), extra=extra)
+
+    def _ctrl_local(self, ctrl: str, golden: Path, pmap: PathMap) -> tuple[Path | None, str | None]:
+        """The copy in ctrl/ when the case has one, else the mapped original; (None, reason) when neither exists."""
+        if ctrl in self.ctrl_images:
+            copy = golden / "ctrl" / self.ctrl_images[ctrl]
+            if copy.is_file():
+                return copy, None
+            return None, f"the copied control image {copy} is missing (re-import the output folder)"
+        try:
+            found, _note = resolve_ctrl_img(ctrl, pmap, [golden / "ctrl"])
+        except HarnessError as exc:
+            return None, f"the control image {ctrl!r} was not copied into the case and is not found now ({exc.message})"
+        return found, None
+
+
+def combine_maps(cli_map: PathMap | Iterable[str] | None, case_map: dict[str, str]) -> PathMap:
+    """Merge the case's map with the command line's; the command line wins for the same OLD prefix.
+
+    A case stores the map of the machine it was imported on; the user running it elsewhere must be able to
+    override that without editing the committed file.
+    """
+    entries: dict[str, str] = {old.rstrip("/") or "/": new for old, new in case_map.items()}
+    if isinstance(cli_map, PathMap):
+        entries.update(cli_map.pairs)
+    elif cli_map:
+        entries.update(PathMap(list(cli_map)).pairs)
+    return PathMap([f"{old}={new}" for old, new in entries.items()])
+
+
+def _under(base: Path, value: str | os.PathLike) -> Path:
+    """A path relative to the case file's folder unless it is absolute."""
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else Path(os.path.normpath(base / p))
+
+
+def _model_ref(base: Path, value: str | None) -> str | None:
+    """Absolute paths and hub ids stay as written; an existing relative path is made absolute."""
+    if value is None or Path(value).is_absolute():
+        return value
+    candidate = base / value
+    return str(candidate) if candidate.exists() else value
+
+
+def _join_reasons(first: str | None, second: str) -> str:
+    """Append a reason to an existing unreproducible sentence, so the report shows all of them."""
+    if not first:
+        return UNREPRODUCIBLE + second
+    return f"{first}; {second}"
+
+
+# ---------------------------------------------------------------- loading and validation
+
+
+def load_case(path: str | Path) -> Case:
+    """Read and validate a case file; every problem names the file and the field."""
+    path = Path(path)
+    data = _read(path)
+    _check_keys(path, data)
+    schema = data["schema"]
+    if schema != SCHEMA:
+        raise HarnessError(path, "schema", f"is {schema!r}; this harness reads {SCHEMA!r}")
+    v = _Validator(path)
+    return Case(
+        path=path,
+        name=v.name(data["name"]),
+        golden_dir=v.string(data["golden_dir"], "golden_dir"),
+        lora_dir=v.opt_string(data.get("lora_dir"), "lora_dir"),
+        ctrl_images=v.str_dict(data.get("ctrl_images"), "ctrl_images"),
+        base_model=v.opt_string(data.get("base_model"), "base_model"),
+        vae=v.opt_string(data.get("vae"), "vae"),
+        path_map=v.str_dict(data.get("path_map"), "path_map"),
+        profile=v.profile(data.get("profile", "auto")),
+        threads=v.threads(data.get("threads")),
+        tolerances=v.tolerances(data.get("tolerances")),
+        steps=v.index_list(data.get("steps"), "steps"),
+        samples=v.index_list(data.get("samples"), "samples"),
+        notes=v.opt_string(data.get("notes"), "notes") or "",
+    )
+
+
+def _read(path: Path) -> dict:
+    """safe_load the file; a parse error names the line."""
+    if not path.is_file():
+        raise HarnessError(path, None, "case file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else None
+        raise HarnessError(path, where, f"YAML does not parse: {getattr(exc, 'problem', None) or exc}") from None
+    except UnicodeDecodeError:
+        raise HarnessError(path, None, "not a text file; give a case .yaml") from None
+    if not isinstance(data, dict):
+        raise HarnessError(path, None, f"not a case file (top level must be a mapping with schema: {SCHEMA})")
+    return data
+
+
+def _check_keys(path: Path, data: dict) -> None:
+    """Unknown keys are typos until proven otherwise: a silently ignored filter would test the wrong thing."""
+    for key in data:
+        if key not in REQUIRED + OPTIONAL:
+            raise HarnessError(path, str(key), f"unknown key; a case file has: {', '.join(REQUIRED + OPTIONAL)}")
+    for key in REQUIRED:
+        if data.get(key) is None:
+            raise HarnessError(path, key, "missing (required)")
+
+
+class _Validator:
+    """Type checks for case fields; each raises HarnessError(case_file, field, message)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def fail(self, field_: str, message: str):
+        raise HarnessError(self.path, field_, message)
+
+    def string(self, value: Any, field_: str) -> str:
+        if not isinstance(value, str) or not value.strip():
+            self.fail(field_, f"must be a non-empty string, got {value!r}")
+        return value
+
+    def opt_string(self, value: Any, field_: str) -> str | None:
+        return None if value is None else self.string(value, field_)
+
+    def name(self, value: Any) -> str:
+        if not isinstance(value, str) or not valid_name(value):
+            self.fail("name", f"{value!r} is not a valid case name (letters, digits, '.', '_', '-'; no path separators or '..')")
+        return value
+
+    def str_dict(self, value: Any, field_: str) -> dict[str, str]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.fail(field_, "must be a mapping OLD: NEW")
+        for k, v in value.items():
+            if not isinstance(k, str) or not k or not isinstance(v, str) or not v:
+                self.fail(f"{field_}.{k}", f"entries must map a non-empty string to a non-empty string, got {v!r}")
+        return dict(value)
+
+    def profile(self, value: Any) -> str:
+        if value not in PROFILE_NAMES:
+            self.fail("profile", f"{value!r} is not a sampler profile; choose one of {', '.join(PROFILE_NAMES)}")
+        return value
+
+    def threads(self, value: Any) -> int | None:
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            self.fail("threads", f"must be a whole number >= 1, got {value!r}")
+        return value
+
+    def tolerances(self, value: Any) -> dict[str, float]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.fail("tolerances", f"must be a mapping with {' and/or '.join(TOLERANCE_KEYS)}")
+        out = {}
+        for k, v in value.items():
+            if k not in TOLERANCE_KEYS:
+                self.fail(f"tolerances.{k}", f"unknown tolerance; known: {', '.join(TOLERANCE_KEYS)}")
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                self.fail(f"tolerances.{k}", f"must be a number, got {v!r}")
+            if k == "ssim_min" and not -1.0 <= v <= 1.0:
+                self.fail(f"tolerances.{k}", f"SSIM lies in [-1, 1], got {v!r}")
+            out[k] = float(v)
+        return out
+
+    def index_list(self, value: Any, field_: str) -> list[int] | None:
+        if value is None:
+            return None
+        if not isinstance(value, list) or not value:
+            self.fail(field_, "must be a non-empty list of whole numbers (omit the key to keep everything)")
+        for i, v in enumerate(value):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                self.fail(f"{field_}[{i}]", f"must be a whole number >= 0, got {v!r}")
+        return list(value)
+
+
+def valid_name(name: str) -> bool:
+    """A case name becomes a file and folder name: no separators, no '..', nothing hidden."""
+    return bool(NAME_RE.match(name)) and ".." not in name
+
+
+# ---------------------------------------------------------------- saving
+
+
+def case_to_dict(case: Case) -> dict:
+    """The YAML mapping of a case; optional fields at their defaults are left out to keep files short."""
+    data: dict[str, Any] = {"schema": SCHEMA, "name": case.name, "golden_dir": case.golden_dir}
+    optional = {
+        "lora_dir": case.lora_dir, "ctrl_images": case.ctrl_images or None, "base_model": case.base_model,
+        "vae": case.vae, "path_map": case.path_map or None, "profile": case.profile, "threads": case.threads,
+        "tolerances": case.tolerances or None, "steps": case.steps, "samples": case.samples, "notes": case.notes or None,
+    }
+    data.update({k: v for k, v in optional.items() if v is not None})
+    return data
+
+
+def save_case(case: Case, path: str | Path) -> Path:
+    """Write the case atomically; relative paths are rebased so they still point at the same folders."""
+    path = Path(path)
+    data = case_to_dict(case)
+    if case.path is not None:  # an in-memory case's relative paths already mean "relative to the new file"
+        old_base, new_base = case.base.resolve(), path.parent.resolve()
+        for key in ("golden_dir", "lora_dir"):
+            if data.get(key) and not Path(data[key]).is_absolute() and old_base != new_base:
+                data[key] = os.path.relpath(old_base / data[key], new_base)
+    text = HEADER + yaml.safe_dump(data, sort_keys=False, allow_unicode=True, default_flow_style=False)
+    atomic_write_text(path, text)
+    case.path = path
+    case.golden_dir, case.lora_dir = data["golden_dir"], data.get("lora_dir")
+    return path
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temp file and rename, so a crash never leaves half a case file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ---------------------------------------------------------------- finding
+
+
+def is_aitk_output_dir(path: str | Path) -> bool:
+    """An ai-toolkit job output folder: config.yaml and samples/ side by side."""
+    p = Path(path)
+    return (p / "config.yaml").is_file() and (p / "samples").is_dir()
+
+
+def is_case_file(path: str | Path) -> bool:
+    """A YAML file whose top level declares a wan-parity case schema (cheap check, no validation)."""
+    p = Path(path)
+    if p.suffix.lower() not in CASE_SUFFIXES or not p.is_file():
+        return False
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError, OSError):
+        return False
+    return isinstance(data, dict) and str(data.get("schema", "")).startswith("wan-parity/case@")
+
+
+def find_case_files(target: str | Path) -> list[Path]:
+    """A case file itself, or the case files directly inside a folder (other YAML files are skipped)."""
+    t = Path(target)
+    if t.is_file():
+        if t.suffix.lower() not in CASE_SUFFIXES:
+            raise HarnessError(t, None, "not a case file; give a .yaml case or a folder of them")
+        return [t]
+    if not t.is_dir():
+        raise HarnessError(t, None, "no such case file or folder")
+    found = sorted(p for p in t.iterdir() if is_case_file(p))
+    if not found:
+        raise HarnessError(t, None, f"no case files (YAML with schema: {SCHEMA}) in this folder")
+    return found
+
+
+# ---------------------------------------------------------------- importing an output folder
+
+
+def import_output(output_dir: str | Path, name: str, cases_dir: str | Path = "cases",
+                  golden_dir: str | Path = "golden", path_map: PathMap | Iterable[str] | dict | None = None,
+                  force: bool = False) -> Path:
+    """Freeze an ai-toolkit output folder as ``golden/NAME/`` plus ``cases/NAME.yaml``; returns the case file.
+
+    Previews, lossless frames, config and control images are copied (the training box deletes them);
+    LoRAs are referenced by the absolute path of the output folder (they are large and kept there).
+    """
+    out = Path(output_dir).resolve()
+    if not valid_name(name):
+        raise HarnessError(None, "name", f"{name!r} is not a valid case name (letters, digits, '.', '_', '-'; "
+                                         "no path separators or '..')")
+    if not is_aitk_output_dir(out):
+        raise HarnessError(out, None, "not an ai-toolkit output folder (needs config.yaml and samples/)")
+    case_file = Path(cases_dir) / f"{name}.yaml"
+    golden = Path(golden_dir) / name
+    _refuse_overwrite(case_file, golden, force)
+    map_dict = _map_dict(path_map)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=_mkdir(Path(golden_dir))))
+    try:
+        _copy_outputs(out, staging)
+        ctrl_map, notes = _copy_ctrl_images(out, staging, PathMap([f"{k}={v}" for k, v in map_dict.items()]))
+        if golden.exists():
+            shutil.rmtree(golden)
+        os.replace(staging, golden)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    case = Case(name=name, golden_dir=os.path.relpath(golden.resolve(), _mkdir(Path(cases_dir)).resolve()),
+                path=case_file, lora_dir=str(out), ctrl_images=ctrl_map, path_map=map_dict,
+                notes="\n".join([f"imported from {out}"] + notes))
+    return save_case(case, case_file)
+
+
+def _mkdir(p: Path) -> Path:
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def _refuse_overwrite(case_file: Path, golden: Path, force: bool) -> None:
+    """Never replace a reviewed case by accident; with force, only replace what looks like our own golden folder."""
+    if not force:
+        for p in (case_file, golden):
+            if p.exists():
+                raise HarnessError(p, None, "already exists; choose another name or pass force=True (--force) to replace it")
+    elif golden.exists() and not (golden.is_dir() and ((golden / "config.yaml").is_file() or not any(golden.iterdir()))):
+        raise HarnessError(golden, None, "exists and is not a golden folder written by import; remove it yourself")
+
+
+def _map_dict(path_map: PathMap | Iterable[str] | dict | None) -> dict[str, str]:
+    """The import's path map as the case stores it (OLD: NEW)."""
+    if path_map is None:
+        return {}
+    if isinstance(path_map, dict):
+        return {str(k): str(v) for k, v in path_map.items()}
+    pm = path_map if isinstance(path_map, PathMap) else PathMap(list(path_map))
+    return dict(pm.pairs)
+
+
+def _copy_outputs(out: Path, dest: Path) -> None:
+    """config.yaml, the preview files and their lossless frames; staging files and thumbnails are skipped."""
+    shutil.copy2(out / "config.yaml", dest / "config.yaml")
+    (dest / "samples").mkdir()
+    for p in sorted((out / "samples").iterdir()):
+        if p.is_file() and PREVIEW_RE.match(p.name):
+            shutil.copy2(p, dest / "samples" / p.name)
+    raw = out / "samples_raw"
+    if raw.is_dir():
+        (dest / "samples_raw").mkdir()
+        for p in sorted(raw.glob("*.npy")):
+            shutil.copy2(p, dest / "samples_raw" / p.name)
+
+
+def _ctrl_users(out: Path) -> dict[str, list[int]]:
+    """Each control image path named by the config, with the sample indices that use it."""
+    job = load_job(out / "config.yaml")
+    users: dict[str, list[int]] = {}
+    rounds = ["sample"] + (["first_sample"] if job.first_sample is not None else [])
+    for which in rounds:
+        for spec in expand_samples(job, which):
+            if spec.ctrl_img and spec.index not in users.setdefault(spec.ctrl_img, []):
+                users[spec.ctrl_img].append(spec.index)
+    return users
+
+
+def _copy_ctrl_images(out: Path, dest: Path, pmap: PathMap) -> tuple[dict[str, str], list[str]]:
+    """Copy every control image into ctrl/ (unique names); missing ones become notes, not errors."""
+    ctrl_dir = dest / "ctrl"
+    ctrl_dir.mkdir()
+    mapping, notes, used = {}, [], set()
+    for original, indices in _ctrl_users(out).items():
+        try:
+            found, note = resolve_ctrl_img(original, pmap, [out], field="ctrl_img")
+        except HarnessError as exc:
+            notes.append(f"control image {original!r} (samples {', '.join(map(str, indices))}) was not found at "
+                         f"import ({exc.message}); those previews are unreproducible")
+            continue
+        target = _unique_name(found.name, used)
+        shutil.copy2(found, ctrl_dir / target)
+        mapping[original] = target
+        if note:
+            notes.append(note)
+    return mapping, notes
+
+
+def _unique_name(name: str, used: set[str]) -> str:
+    """Two control images may share a file name in different folders; suffix the later ones."""
+    stem, suffix = os.path.splitext(name)
+    candidate, n = name, 1
+    while candidate in used:
+        candidate = f"{stem}_{n}{suffix}"
+        n += 1
+    used.add(candidate)
+    return candidate

@@ -1,0 +1,172 @@
+"""Pictures for the report: frame strips, amplified difference heatmaps, per-frame metric curves.
+
+Everything returns PNG bytes or uint8 arrays; nothing touches pyplot's global state (the figure is
+built on an Agg canvas directly), so importing this module never changes a caller's matplotlib backend.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+from PIL import Image
+
+THUMB_MAX_H = 160  # px, cap for one thumbnail in a strip
+THUMB_MIN_H = 48  # px, floor when a long clip has to shrink to keep strips light
+STRIP_BUDGET_W = 6000  # px, rough cap on a strip's width before thumbnails shrink below THUMB_MAX_H
+SMALL_UPSCALE_H = 96  # px, tiny frames (e.g. 64 px test renders) are enlarged by an integer factor up to this
+LARGE_MAX_W = 512  # px, cap for the worst-frame panels
+LARGE_MIN_H = 192
+DIFF_GAIN = 8
+GAP = 2
+
+GOLD = (230, 176, 0)  # worst-frame outline in strips
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image)).save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()
+
+
+def thumb_height(frame_h: int, frame_w: int, count: int) -> int:
+    """Thumbnail height for a strip of ``count`` frames: ≤160 px, smaller for long clips, enlarged for tiny ones."""
+    if frame_h < SMALL_UPSCALE_H:
+        return frame_h * max(1, SMALL_UPSCALE_H // max(frame_h, 1))
+    aspect = frame_w / max(frame_h, 1)
+    budget = int(STRIP_BUDGET_W / max(count * aspect, 1e-6))
+    return max(min(THUMB_MAX_H, frame_h, budget), min(THUMB_MIN_H, frame_h))
+
+
+def resize(frame: np.ndarray, height: int) -> np.ndarray:
+    h, w = frame.shape[:2]
+    if h == height:
+        return frame
+    width = max(1, round(w * height / h))
+    upscale = height > h
+    image = Image.fromarray(frame).resize((width, height), Image.Resampling.NEAREST if upscale else Image.Resampling.LANCZOS)
+    return np.asarray(image)
+
+
+def large_height(frame_h: int, frame_w: int) -> int:
+    """Worst-frame panels: at most 512 px wide, tiny frames enlarged by an integer factor."""
+    if frame_h < LARGE_MIN_H:
+        return frame_h * max(1, LARGE_MIN_H // max(frame_h, 1))
+    if frame_w > LARGE_MAX_W:
+        return max(1, round(frame_h * LARGE_MAX_W / frame_w))
+    return frame_h
+
+
+def strip(frames: np.ndarray, height: int, mark: int | None = None) -> np.ndarray:
+    """All frames side by side with a small gap; frame ``mark`` gets a gold outline."""
+    thumbs = [resize(f, height) for f in frames]
+    widths = [t.shape[1] for t in thumbs]
+    total = sum(widths) + GAP * (len(thumbs) + 1)
+    canvas = np.full((height + 2 * GAP, total, 3), 255, dtype=np.uint8)
+    x = GAP
+    for i, t in enumerate(thumbs):
+        if mark is not None and i == mark:
+            canvas[:, x - GAP:x + t.shape[1] + GAP] = GOLD
+        canvas[GAP:GAP + height, x:x + t.shape[1]] = t
+        x += t.shape[1] + GAP
+    return canvas
+
+
+def _colormap_lut(name: str = "inferno") -> np.ndarray:
+    from matplotlib import colormaps
+
+    lut = colormaps[name](np.linspace(0.0, 1.0, 256))[:, :3]
+    return (lut * 255.0 + 0.5).astype(np.uint8)
+
+
+_LUT: np.ndarray | None = None
+
+
+def lut() -> np.ndarray:
+    global _LUT
+    if _LUT is None:
+        _LUT = _colormap_lut()
+    return _LUT
+
+
+def diff_heatmap(golden: np.ndarray, render: np.ndarray, gain: int = DIFF_GAIN) -> np.ndarray:
+    """|Δ| × gain, max over RGB, clipped to 255 and colour-mapped: black = identical, bright = ≥ 255/gain."""
+    diff = np.abs(golden.astype(np.int16) - render.astype(np.int16)).max(axis=-1)
+    level = np.clip(diff.astype(np.int32) * gain, 0, 255).astype(np.uint8)
+    return lut()[level]
+
+
+def colorbar(width: int = 256, height: int = 12) -> np.ndarray:
+    ramp = np.linspace(0, 255, width).astype(np.uint8)
+    return np.repeat(lut()[ramp][None], height, axis=0)
+
+
+def _finite_or_none(values) -> list[float | None]:
+    out = []
+    for v in values or []:
+        if v in ("inf", "Infinity") or (isinstance(v, float) and math.isinf(v) and v > 0):
+            out.append(math.inf)
+        elif v is None or isinstance(v, str):
+            out.append(None)
+        else:
+            try:
+                out.append(float(v))
+            except (TypeError, ValueError):
+                out.append(None)
+    return out
+
+
+def metric_curves(series: dict[str, tuple[list, list]], thresholds: dict | None = None,
+                  worst: int | None = None) -> bytes | None:
+    """Per-frame PSNR and SSIM, one line per view; ∞ PSNR (identical frame) is drawn at a ceiling with ▲.
+
+    ``series``: label → (psnr per frame, ssim per frame), values as in the results JSON ("inf" strings ok).
+    Returns None when there is nothing to plot.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    cleaned = {label: (_finite_or_none(p), _finite_or_none(s)) for label, (p, s) in series.items() if p or s}
+    if not cleaned:
+        return None
+    finite = [v for p, _ in cleaned.values() for v in p if v is not None and math.isfinite(v)]
+    ceiling = max([60.0] + [v + 5.0 for v in finite])
+    fig = Figure(figsize=(8.0, 2.5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax_p, ax_s = fig.subplots(1, 2)
+    styles = ["-", "--", ":"]
+    for k, (label, (p, s)) in enumerate(cleaned.items()):
+        style = styles[k % len(styles)]
+        if p:
+            x = list(range(len(p)))
+            y = [ceiling if (v is not None and math.isinf(v)) else (math.nan if v is None else v) for v in p]
+            line, = ax_p.plot(x, y, style, marker="o", markersize=3, label=label)
+            inf_x = [i for i, v in enumerate(p) if v is not None and math.isinf(v)]
+            if inf_x:
+                ax_p.plot(inf_x, [ceiling] * len(inf_x), "^", color=line.get_color(), markersize=6)
+        if s:
+            x = list(range(len(s)))
+            ax_s.plot(x, [math.nan if v is None else v for v in s], style, marker="o", markersize=3, label=label)
+    thresholds = thresholds or {}
+    if thresholds.get("psnr_min") is not None:
+        ax_p.axhline(float(thresholds["psnr_min"]), color="#c0392b", linewidth=1, linestyle=":", label="threshold")
+    if thresholds.get("ssim_min") is not None:
+        ax_s.axhline(float(thresholds["ssim_min"]), color="#c0392b", linewidth=1, linestyle=":", label="threshold")
+    for ax in (ax_p, ax_s):
+        if worst is not None:
+            ax.axvline(worst, color="#e6b000", linewidth=1, alpha=0.8)
+        ax.set_xlabel("frame")
+        ax.grid(True, alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    ax_p.set_ylabel("PSNR dB (▲ = ∞)")
+    ax_p.set_ylim(min([ceiling - 30.0] + [v - 2.0 for v in finite]), ceiling + 3.0)
+    ax_s.set_ylabel("SSIM")
+    ssim_vals = [v for _, s in cleaned.values() for v in s if v is not None]
+    low = min(ssim_vals + [float(thresholds.get("ssim_min") or 1.0)]) if ssim_vals else 0.0
+    ax_s.set_ylim(max(-1.0, min(low - 0.02, 0.95)), 1.005)
+    ax_s.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()

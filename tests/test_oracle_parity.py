@@ -1,0 +1,77 @@
+"""Bit-exact parity with real ai-toolkit previews (shared/oracle, rendered by ai-toolkit on CPU, 2 threads).
+
+Each preview must render to exactly the frames ai-toolkit passed to its WebP encoder (samples_raw/*.npy), and our
+re-encoding must give the golden WebP's bytes. No tolerance: PSNR = inf or the test fails.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness.media import encode_like_aitk, read_frames, reencode_roundtrip
+from harness.paths import PathMap
+from harness.runner import Engine, RunOptions
+from harness.targets import from_output_dir
+
+from .oracle_paths import ORACLE, PATH_MAP, TINY_MODEL, needs_oracle, output_dir
+
+pytestmark = [needs_oracle, pytest.mark.oracle]
+CASES = ("case_a", "case_d")
+
+
+def _targets():
+    if not ORACLE.is_dir():
+        return []
+    return [t for case in CASES for t in from_output_dir(output_dir(case))]
+
+
+TARGETS = _targets()
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return Engine(RunOptions(base_model=str(TINY_MODEL), path_map=PathMap([PATH_MAP]), device="cpu", threads=2))
+
+
+def _manifest_entry(target):
+    case_dir = Path(target.preview.golden).parents[3]
+    manifest = json.loads((case_dir / "manifest.json").read_text())
+    return next(s for s in manifest["samples"] if Path(s["file"]).name == Path(target.preview.golden).name)
+
+
+@pytest.mark.parametrize("target", TARGETS, ids=[t.key for t in TARGETS])
+def test_preview_is_bit_exact(engine, target):
+    render, profile, _ = engine.render(target)
+    raw = np.load(target.preview.golden_raw)
+    assert render.frames.shape == raw.shape
+    differing = int((render.frames != raw).any(axis=-1).sum())
+    assert differing == 0, f"{differing} pixels differ from ai-toolkit's frames"
+    encoded = encode_like_aitk(render.frames, target.preview.sample.fps)
+    assert encoded == Path(target.preview.golden).read_bytes(), "re-encoded WebP differs from the golden file"
+    decoded_golden = read_frames(target.preview.golden).frames
+    assert np.array_equal(decoded_golden, reencode_roundtrip(render.frames, fps=target.preview.sample.fps))
+
+
+@pytest.mark.parametrize("target", TARGETS, ids=[t.key for t in TARGETS])
+def test_expert_trace_matches_manifest(engine, target):
+    """Which expert ran at which timestep, forward by forward, as hooks recorded inside ai-toolkit."""
+    entry = _manifest_entry(target)
+    render, _, _ = engine.render(target) if target.preview.step == 0 and target.preview.index == 0 else (None, None, None)
+    if render is None:
+        pytest.skip("trace checked on one preview per case (each render costs seconds)")
+    names = {"high": "transformer_1", "low": "transformer_2"}
+    assert [[names[e], t] for e, t in render.trace] == [list(x) for x in entry["denoise_trace"]]
+
+
+@pytest.mark.parametrize("target", TARGETS, ids=[t.key for t in TARGETS])
+def test_merge_path_matches_manifest(target):
+    entry = _manifest_entry(target)
+    if target.preview.lora is None:
+        assert entry["lora_files"] == []
+    else:
+        assert target.preview.merged == entry["network_state_during_sampling"]["merged_in"]
+        assert sorted(Path(p).name for p in (target.preview.lora.high, target.preview.lora.low)) == sorted(entry["lora_files"])

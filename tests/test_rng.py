@@ -1,0 +1,80 @@
+"""Unit tests for harness.render.rng: the order in which a preview consumes random numbers (PARITY §3)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from harness.render.rng import PreviewRng, latent_shape
+
+BF16 = torch.bfloat16
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _two_threads():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(previous)
+
+
+def test_latent_shape():
+    assert latent_shape(9, 64, 48) == (1, 16, 3, 8, 6)
+    assert latent_shape(1, 64, 64) == (1, 16, 1, 8, 8)
+    assert latent_shape(41, 480, 832) == (1, 16, 11, 60, 104)
+
+
+@pytest.mark.parametrize("seed", [0, 42, 2**40 + 7])
+def test_initial_noise_is_bf16_rounded_cpu_fp32_draw(seed):
+    shape = (1, 16, 3, 4, 6)
+    rng = PreviewRng(seed, "cpu")
+    noise = rng.initial_noise(shape)
+    expected = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).bfloat16().float()
+    assert noise.dtype == torch.float32
+    assert torch.equal(noise, expected)
+    # held in fp32 but with bf16 values: not the raw fp32 draw
+    raw = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+    assert not torch.equal(noise, raw)
+
+
+def test_cpu_posterior_continues_the_same_stream():
+    seed, noise_shape, post_shape = 42, (1, 16, 3, 4, 4), (1, 16, 3, 4, 4)
+    rng = PreviewRng(seed, "cpu")
+    noise = rng.initial_noise(noise_shape)
+    eps = rng.posterior_noise(post_shape)
+
+    gen = torch.Generator().manual_seed(seed)
+    expected_noise = torch.randn(noise_shape, generator=gen)
+    expected_eps = torch.randn(post_shape, generator=gen).bfloat16()  # the NEXT numel normals
+    assert torch.equal(noise, expected_noise.bfloat16().float())
+    assert eps.dtype == BF16 and eps.device.type == "cpu"
+    assert torch.equal(eps, expected_eps)
+    # a fresh generator for the posterior (the CUDA layout) would give something else on CPU
+    fresh = torch.randn(post_shape, generator=torch.Generator().manual_seed(seed)).bfloat16()
+    assert not torch.equal(eps, fresh)
+
+
+def test_posterior_before_noise_is_a_different_order():
+    """The noise must be drawn first; drawing the posterior first shifts both."""
+    seed, shape = 7, (1, 16, 2, 2, 2)
+    in_order = PreviewRng(seed, "cpu")
+    noise = in_order.initial_noise(shape)
+    swapped = PreviewRng(seed, "cpu")
+    swapped.posterior_noise(shape)
+    assert not torch.equal(swapped.initial_noise(shape), noise)
+
+
+def test_bf16_draw_equals_fp32_draw_cast_and_consumes_the_same():
+    """The §3 fact PreviewRng relies on (one code path for bf16 eps): on this torch, CPU bf16 randn == fp32 randn."""
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    a = torch.randn(64, generator=g1, dtype=BF16)
+    b = torch.randn(64, generator=g2).bfloat16()
+    assert torch.equal(a, b)
+    assert torch.equal(torch.randn(8, generator=g1), torch.randn(8, generator=g2))
+
+
+def test_two_previews_with_the_same_seed_are_identical():
+    shape = (1, 16, 1, 2, 2)
+    a, b = PreviewRng(11, "cpu"), PreviewRng(11, "cpu")
+    assert torch.equal(a.initial_noise(shape), b.initial_noise(shape))
+    assert torch.equal(a.posterior_noise(shape), b.posterior_noise(shape))
