@@ -42,6 +42,7 @@ from harness.aitk.job import load_job
 from harness.aitk.outputs import PREVIEW_RE, discover
 from harness.aitk.samples import UNREPRODUCIBLE, expand_samples
 from harness.errors import HarnessError
+from harness.fsutil import write_text_atomic
 from harness.paths import PathMap, resolve_ctrl_img
 from harness.spec import PreviewJob
 
@@ -341,23 +342,10 @@ def save_case(case: Case, path: str | Path) -> Path:
             if data.get(key) and not Path(data[key]).is_absolute() and old_base != new_base:
                 data[key] = os.path.relpath(old_base / data[key], new_base)
     text = HEADER + yaml.safe_dump(data, sort_keys=False, allow_unicode=True, default_flow_style=False)
-    atomic_write_text(path, text)
+    write_text_atomic(path, text)
     case.path = path
     case.golden_dir, case.lora_dir = data["golden_dir"], data.get("lora_dir")
     return path
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file and rename, so a crash never leaves half a case file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ---------------------------------------------------------------- finding

@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_run(args) -> int:
     from .paths import PathMap
-    from .runner import RunOptions, atomic_write_json, exit_code, results_document, run_targets
+    from .fsutil import write_json_atomic
+    from .runner import RunOptions, exit_code, results_document
     from .targets import collect, select
 
     options = RunOptions(base_model=args.base_model, vae=args.vae, path_map=PathMap(args.path_map), device=args.device,
@@ -82,9 +83,9 @@ def cmd_run(args) -> int:
     _check_writable(args.out)
     environment, results = run_with_progress(targets, options)
     document = results_document(environment, results)
-    atomic_write_json(args.out / "results.json", document)
+    write_json_atomic(args.out / "results.json", document)
     if args.json:
-        atomic_write_json(args.json, document)
+        write_json_atomic(args.json, document)
     if not args.no_report:
         _write_report(document, args.out)
     print_table(results)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import numpy as np
 from PIL import Image, ImageSequence, UnidentifiedImageError, features
 
 from harness.errors import HarnessError
+from harness.fsutil import write_atomic
 
 PILLOW_SUFFIXES = {".webp", ".png", ".jpg", ".jpeg", ".gif"}
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm"}
@@ -190,7 +190,7 @@ def write_like_aitk(path: str | os.PathLike, frames, fps: int | float) -> Path:
     if len(arr) > 1 and p.suffix.lower() != ".webp":
         raise HarnessError(p, "extension", f"{len(arr)} frames are always saved as .webp by ai-toolkit, not {p.suffix!r}")
     data = encode_like_aitk(arr, fps, ext=p.suffix or "jpg")
-    _write_atomic(p, lambda fh: fh.write(data))
+    write_atomic(p, lambda fh: fh.write(data))
     return p
 
 
@@ -203,23 +203,8 @@ def save_npy_atomic(path: str | os.PathLike, frames) -> Path:
     """Lossless frames for later comparisons; atomic so an interrupted job never leaves half a file."""
     p = Path(path)
     arr = _check_frames(frames, p)
-    _write_atomic(p, lambda fh: np.save(fh, arr, allow_pickle=False))
+    write_atomic(p, lambda fh: np.save(fh, arr, allow_pickle=False))
     return p
-
-
-def _write_atomic(path: Path, write) -> None:
-    """Temp file in the target folder + os.replace: readers see the old file or the new one, never a mix."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # --------------------------------------------------------------------------- environment

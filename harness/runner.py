@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import HarnessError
+from .fsutil import write_json_atomic
 from .paths import PathMap, resolve_ctrl_img, resolve_model, resolve_vae
 from .spec import PreviewJob
 
@@ -277,24 +278,6 @@ def _safe(name: str) -> str:
     return cleaned or "case"
 
 
-def atomic_write_json(path: Path, data) -> Path:
-    """Write-then-rename, so a crash or a full disk never leaves half a JSON file behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2, allow_nan=False, default=str)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def result_file(out: Path, target: PreviewTarget) -> Path:
     return Path(out) / "results" / _safe(target.preview.case) / (_safe(target.key.replace("::", "__")) + ".json")
 
@@ -327,7 +310,7 @@ def run_targets(targets: list[PreviewTarget], options: RunOptions, on_result=Non
         else:
             result = run_one(engine, target)
             if done is not None:
-                atomic_write_json(done, result)
+                write_json_atomic(done, result)
         results.append(result)
         if on_result is not None:
             on_result(result)
@@ -335,4 +318,5 @@ def run_targets(targets: list[PreviewTarget], options: RunOptions, on_result=Non
 
 
 def results_document(environment: dict, results: list[dict]) -> dict:
-    return {"schema_version": SCHEMA_VERSION, "environment": environment, "summary": summarize(results), "results": results}
+    ordered = sorted(results, key=lambda r: (r["case"], r["step"], r["index"], r["key"]))
+    return {"schema_version": SCHEMA_VERSION, "environment": environment, "summary": summarize(results), "results": ordered}

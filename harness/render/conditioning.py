@@ -22,7 +22,7 @@ def load_control_image(path, width: int, height: int) -> Image.Image:
 
 def image_to_tensor(image: Image.Image, device) -> torch.Tensor:
     """(1, 3, H, W) in [-1, 1], computed as ``bf16(k/255) * 2 - 1`` in bf16."""
-    array = np.asarray(image, dtype=np.uint8)
+    array = np.array(image, dtype=np.uint8)  # a writable copy for torch.from_numpy
     unit = torch.from_numpy(array).permute(2, 0, 1).float().div(255.0).unsqueeze(0)
     return unit.to(device=device, dtype=BF16) * 2.0 - 1.0
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,10 +44,15 @@ def load_tokenizer(path: Path):
     return tokenizer
 
 
-def _quiet(names=("diffusers", "transformers")):
-    """diffusers warns on the deliberate whole-model bf16 cast; the harness reports it instead."""
-    for name in names:
-        logging.getLogger(name).setLevel(logging.ERROR)
+def _quiet():
+    """diffusers warns on the deliberate whole-model bf16 cast, and both libraries draw their own loading bars;
+    the harness reports the cast itself and draws one progress display."""
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+
+    for module in (diffusers_logging, transformers_logging):
+        module.set_verbosity_error()
+        module.disable_progress_bar()
 
 
 def load_transformer(base_dir: Path, subfolder: str, device, cast_whole_bf16: bool):
