@@ -17,7 +17,8 @@ case keeps *copies* of the small things (previews, lossless frames, config, cont
     path_map: {/workspace/oracle: /work/shared/oracle}  # optional; OLD: NEW, on top of the CLI's --path-map
     profile: auto                    # auto | aitk-euler | aitk-unipc | aitk-unipc-old | runcomfy | diffusers-stock
     threads: 2                       # optional; CPU threads for the render (bit-exactness depends on it)
-    tolerances: {psnr_min: 40.0, ssim_min: 0.99}   # optional; both keys optional
+    tolerances: {psnr_min: 40.0, ssim_min: 0.99, require_bit_exact: false}   # optional; every key optional
+    device: auto                          # auto|cpu|cuda: where to render (CPU goldens only match CPU renders)
     steps: [0, 2]                    # optional; only previews with these step labels
     samples: [0]                     # optional; only these sample indices
     notes: free text                 # optional
@@ -51,9 +52,10 @@ SCHEMA = "wan-parity/case@1"
 PROFILE_NAMES = ("auto", "aitk-euler", "aitk-unipc", "aitk-unipc-old", "runcomfy", "diffusers-stock")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 REQUIRED = ("schema", "name", "golden_dir")
-OPTIONAL = ("lora_dir", "ctrl_images", "base_model", "vae", "path_map", "profile", "threads", "tolerances",
+OPTIONAL = ("lora_dir", "ctrl_images", "base_model", "vae", "path_map", "profile", "device", "threads", "tolerances",
             "steps", "samples", "notes")
-TOLERANCE_KEYS = ("psnr_min", "ssim_min")
+TOLERANCE_KEYS = ("psnr_min", "ssim_min", "require_bit_exact")
+DEVICES = ("auto", "cpu", "cuda")
 CASE_SUFFIXES = (".yaml", ".yml")
 HEADER = f"# wan-parity case file ({SCHEMA}); schema documented in harness/case.py\n"
 
@@ -71,6 +73,7 @@ class Case:
     vae: str | None = None
     path_map: dict[str, str] = field(default_factory=dict)
     profile: str = "auto"
+    device: str = "auto"  # where to render: a CPU-rendered golden only matches a CPU render
     threads: int | None = None
     tolerances: dict[str, float] = field(default_factory=dict)
     steps: list[int] | None = None
@@ -87,8 +90,9 @@ class Case:
         return _under(self.base, self.golden_dir)
 
     def combined_map(self, cli_map: PathMap | Iterable[str] | None = None) -> PathMap:
-        """The CLI's --path-map with this case's entries on top (a case entry wins for the same OLD)."""
-        return combine_maps(cli_map, self.path_map)
+        """This case's path map with the CLI's --path-map on top (the command line wins for the same OLD)."""
+        local = {old: str(_under(self.base, new)) for old, new in self.path_map.items()}  # NEW relative to the case
+        return combine_maps(cli_map, local)
 
     def lora_path(self, cli_map: PathMap | Iterable[str] | None = None) -> Path:
         """Where the checkpoints are: lora_dir (mapped) or, without one, the golden folder itself."""
@@ -206,6 +210,7 @@ def load_case(path: str | Path) -> Case:
         vae=v.opt_string(data.get("vae"), "vae"),
         path_map=v.str_dict(data.get("path_map"), "path_map"),
         profile=v.profile(data.get("profile", "auto")),
+        device=v.device(data.get("device", "auto")),
         threads=v.threads(data.get("threads")),
         tolerances=v.tolerances(data.get("tolerances")),
         steps=v.index_list(data.get("steps"), "steps"),
@@ -278,6 +283,11 @@ class _Validator:
             self.fail("profile", f"{value!r} is not a sampler profile; choose one of {', '.join(PROFILE_NAMES)}")
         return value
 
+    def device(self, value: Any) -> str:
+        if value not in DEVICES:
+            self.fail("device", f"must be one of {', '.join(DEVICES)}, got {value!r}")
+        return value
+
     def threads(self, value: Any) -> int | None:
         if value is None:
             return None
@@ -294,6 +304,11 @@ class _Validator:
         for k, v in value.items():
             if k not in TOLERANCE_KEYS:
                 self.fail(f"tolerances.{k}", f"unknown tolerance; known: {', '.join(TOLERANCE_KEYS)}")
+            if k == "require_bit_exact":
+                if not isinstance(v, bool):
+                    self.fail(f"tolerances.{k}", f"must be true or false, got {v!r}")
+                out[k] = v
+                continue
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 self.fail(f"tolerances.{k}", f"must be a number, got {v!r}")
             if k == "ssim_min" and not -1.0 <= v <= 1.0:
@@ -325,7 +340,8 @@ def case_to_dict(case: Case) -> dict:
     data: dict[str, Any] = {"schema": SCHEMA, "name": case.name, "golden_dir": case.golden_dir}
     optional = {
         "lora_dir": case.lora_dir, "ctrl_images": case.ctrl_images or None, "base_model": case.base_model,
-        "vae": case.vae, "path_map": case.path_map or None, "profile": case.profile, "threads": case.threads,
+        "vae": case.vae, "path_map": case.path_map or None, "profile": case.profile,
+        "device": None if case.device == "auto" else case.device, "threads": case.threads,
         "tolerances": case.tolerances or None, "steps": case.steps, "samples": case.samples, "notes": case.notes or None,
     }
     data.update({k: v for k, v in optional.items() if v is not None})

@@ -150,6 +150,7 @@ class Thresholds:
 
     psnr_min: float = 30.0
     ssim_min: float = 0.90
+    require_bit_exact: bool = False  # for stacks identical to the golden's: anything short of ∞ dB fails
 
 
 ENCODED_VIEW = Thresholds()
@@ -162,5 +163,7 @@ def verdict(comparison: Comparison, thresholds: Thresholds = ENCODED_VIEW) -> st
         return "fail"
     if comparison.bit_exact:
         return "pass"
+    if thresholds.require_bit_exact:
+        return "fail"
     ok = comparison.psnr_min >= thresholds.psnr_min and comparison.ssim_min >= thresholds.ssim_min
     return "pass" if ok else "fail"

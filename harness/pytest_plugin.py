@@ -1,1 +1,218 @@
-"""pytest plugin: placeholder until the parity items land (registered so the entry point resolves)."""
+"""pytest plugin: every preview of every case file becomes a test item (pytest-mpl's shape).
+
+* one marker, ``gpu``, on every parity item: ``pytest -m gpu`` runs the parity suite;
+* options on the command line or in ini (command line wins): cases, device, out, json, profile, base model,
+  path maps, threads;
+* a results folder (``--parity-out``) with per-preview results, renders, ``results.json`` and ``report.html``
+  written at session end;
+* models, LoRAs and prompt embeddings are loaded once per process (session-scoped engine).
+
+Items are named ``case::step::index``. Without a visible GPU they skip with a reason unless
+``--parity-device cpu`` is given (tiny models, the CPU oracle).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from .errors import HarnessError
+
+_OPTIONS = (
+    ("cases", "case file or folder of case files to collect (default: cases/ under the rootdir)", None),
+    ("device", "auto (default), cuda, cuda:N or cpu", "auto"),
+    ("out", "results folder: per-preview results, renders, results.json, report.html", "parity-out"),
+    ("json", "also write the results JSON here", None),
+    ("profile", "sampler profile override (auto, aitk-euler, aitk-unipc, aitk-unipc-old, runcomfy, diffusers-stock)", None),
+    ("base-model", "local diffusers Wan 2.2 I2V folder for every case", None),
+    ("threads", "CPU threads (CPU results depend on it; default 2 on CPU)", None),
+)
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("wan-parity", "Wan 2.2 I2V parity against ai-toolkit previews")
+    for name, help_text, default in _OPTIONS:
+        group.addoption(f"--parity-{name}", dest=f"parity_{name.replace('-', '_')}", default=None, help=help_text)
+        parser.addini(f"parity_{name.replace('-', '_')}", help_text, default=default)
+    group.addoption("--parity-path-map", dest="parity_path_map", action="append", default=None, metavar="OLD=NEW",
+                    help="rewrite a training-machine path prefix (repeatable)")
+    parser.addini("parity_path_map", "path prefix rewrites OLD=NEW, one per line", type="linelist", default=[])
+
+
+def _setting(config, name: str):
+    """Command line first, then ini, then the default."""
+    key = f"parity_{name.replace('-', '_')}"
+    value = config.getoption(key)
+    return value if value not in (None, []) else config.getini(key)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: a parity item or test that needs a CUDA device (`pytest -m gpu`)")
+    cases = _setting(config, "cases")
+    if cases:
+        config.args.append(str(cases))
+    config._parity = ParitySession(config)
+
+
+def pytest_collect_file(file_path: Path, parent):
+    from .case import is_case_file
+
+    if file_path.suffix.lower() in (".yaml", ".yml") and is_case_file(file_path):
+        return CaseFile.from_parent(parent, path=file_path)
+    return None
+
+
+class ParitySession:
+    """Session-wide state: the render engine (models cached) and the results gathered for the report."""
+
+    def __init__(self, config):
+        self.config = config
+        self.results: list[dict] = []
+        self._engine = None
+        self.environment: dict = {}
+
+    @property
+    def out(self) -> Path:
+        return Path(_setting(self.config, "out"))
+
+    def path_map(self):
+        from .paths import PathMap
+
+        return PathMap(list(_setting(self.config, "path_map") or []))
+
+    def engine(self):
+        if self._engine is None:
+            from .runner import Engine, RunOptions
+
+            threads = _setting(self.config, "threads")
+            options = RunOptions(base_model=_setting(self.config, "base_model"), path_map=self.path_map(),
+                                 device=self.device(), out=self.out, profile=_setting(self.config, "profile"),
+                                 threads=int(threads) if threads else None)
+            self._engine = Engine(options)
+            self.environment = self._engine.environment()
+        return self._engine
+
+    def device(self) -> str:
+        return str(_setting(self.config, "device") or "auto")
+
+    def skip_reason(self) -> str | None:
+        """Parity items need CUDA unless the user asked for the CPU explicitly."""
+        device = self.device()
+        if device == "cpu":
+            return None
+        import torch
+
+        if not torch.cuda.is_available():
+            return "no CUDA device visible; run on a GPU machine or pass --parity-device cpu (tiny models, CPU oracle)"
+        return None
+
+
+class CaseFile(pytest.File):
+    def collect(self):
+        from .targets import from_case
+
+        session = self.config._parity
+        try:
+            targets = from_case(self.path, session.path_map())
+        except HarnessError as exc:
+            yield BrokenCase.from_parent(self, name="case", error=exc)
+            return
+        for target in targets:
+            name = f"{target.preview.case}::{target.preview.step}::{target.preview.index}"
+            if target.preview.label_note:
+                name += f"::{target.preview.extra.get('time')}"
+            yield PreviewItem.from_parent(self, name=name, target=target)
+
+
+class PreviewError(Exception):
+    """A failed parity item; its message is the one line a nightly log needs."""
+
+
+class PreviewItem(pytest.Item):
+    def __init__(self, *, target, **kwargs):
+        super().__init__(**kwargs)
+        self.target = target
+        self.add_marker(pytest.mark.gpu)
+        # Items of one base model and LoRA stay on one xdist worker (--dist loadgroup) so it keeps them loaded.
+        group = f"{target.model_name}|{target.preview.lora}"
+        self.add_marker(pytest.mark.xdist_group(name=group))
+
+    def runtest(self):
+        from .fsutil import write_json_atomic
+        from .runner import result_file, run_one
+
+        session = self.config._parity
+        reason = session.skip_reason()
+        if reason:
+            pytest.skip(reason)
+        if self.target.preview.unreproducible:
+            pytest.skip(f"unreproducible: {self.target.preview.unreproducible}")
+        result = run_one(session.engine(), self.target)
+        session.results.append(result)
+        write_json_atomic(result_file(session.out, self.target), result)
+        if result["status"] in ("fail", "error"):
+            raise PreviewError(_failure_line(result, session.out))
+
+    def repr_failure(self, excinfo):
+        if isinstance(excinfo.value, PreviewError) and not self.config.getoption("verbose") > 0:
+            return str(excinfo.value)
+        return super().repr_failure(excinfo)
+
+    def reportinfo(self):
+        return self.path, None, self.name
+
+
+class BrokenCase(pytest.Item):
+    """A case file that cannot be read fails as one item with the one-line error."""
+
+    def __init__(self, *, error, **kwargs):
+        super().__init__(**kwargs)
+        self.error = error
+        self.add_marker(pytest.mark.gpu)
+
+    def runtest(self):
+        raise PreviewError(f"error: {self.error.line()}")
+
+    def repr_failure(self, excinfo):
+        return str(excinfo.value)
+
+    def reportinfo(self):
+        return self.path, None, "case"
+
+
+def _failure_line(result: dict, out: Path) -> str:
+    if result["status"] == "error":
+        return f"error: {result['message']}"
+    raw = result.get("raw") or {}
+    return (f"{result['key']}: drift: encoded PSNR min {result.get('psnr_min')} dB (mean {result.get('psnr_mean')}), "
+            f"SSIM min {result.get('ssim_min')}; raw PSNR min {raw.get('psnr_min')} dB; "
+            f"profile {result.get('profile')}; report: {out / 'report.html'}")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    parity = getattr(session.config, "_parity", None)
+    if parity is None or not parity.results:
+        return
+    from .fsutil import write_json_atomic
+    from .runner import results_document
+
+    document = results_document(parity.environment, parity.results)
+    write_json_atomic(parity.out / "results.json", document)
+    json_path = _setting(session.config, "json")
+    if json_path:
+        write_json_atomic(Path(json_path), document)
+    try:
+        from .report import write_report
+    except ImportError:
+        return
+    write_report(document, parity.out)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    parity = getattr(config, "_parity", None)
+    if parity is None or not parity.results:
+        return
+    bit_exact = sum(1 for r in parity.results if r.get("bit_exact"))
+    terminalreporter.write_line(f"wan-parity: {len(parity.results)} previews rendered, {bit_exact} bit-exact; "
+                                f"results and report in {parity.out}")

@@ -37,6 +37,9 @@ class PreviewTarget:
     model_block: dict = field(default_factory=dict)
     threads: int | None = None
     vae: str | None = None  # the case's VAE override
+    device: str = "auto"  # the case's device preference
+    rng_layout: str = "cuda"  # the device type ai-toolkit rendered on (job config `device`): decides the RNG layout
+    known_gaps: list[str] = field(default_factory=list)  # job-level reasons exactness is impossible
 
     @property
     def key(self) -> str:
@@ -100,14 +103,19 @@ def choose_profile(target: PreviewTarget, override: str | None):
     return profile_for_aitk_version(version)
 
 
-def approximations(target: PreviewTarget, profile) -> list[str]:
+def approximations(target: PreviewTarget, profile, device: str) -> list[str]:
     """Reasons this render cannot claim bit-exactness, said up front rather than discovered as drift."""
-    notes = []
+    notes = list(target.known_gaps)
     model = target.model_block or {}
     if model.get("quantize"):
         notes.append(f"the job quantized the transformer ({model.get('qtype', 'qfloat8')}); this render is a bf16 reference")
     if model.get("layer_offloading"):
         notes.append("the job used layer_offloading (torchao float8); this render is a bf16 reference")
+    if target.rng_layout == "cuda" and torch_device_type(device) == "cpu":
+        notes.append("ai-toolkit drew the first-frame posterior noise from the CUDA generator; a CPU render draws it "
+                     "from the CPU stream instead")
+    elif target.rng_layout == "cpu" and torch_device_type(device) != "cpu":
+        notes.append("the golden was rendered on CPU; CUDA kernels differ from CPU ones in the last bits")
     if not profile.exact:
         notes.append(f"profile {profile.name} is a diagnosis profile, not ai-toolkit's sampler")
     return notes
@@ -122,7 +130,7 @@ class Engine:
 
         self.options = options
         self.device = resolve_device(options.device)
-        self.threads = set_threads(options.threads, self.device)
+        self.threads = set_threads(options.threads, "cpu" if options.device in ("cpu", "auto") else self.device)
         self.models = MODEL_CACHE
         self.prompts = PromptCache()
         self.loras: dict[str, dict] = {}
@@ -132,6 +140,12 @@ class Engine:
         from .environment import fingerprint
 
         return fingerprint(self.device)
+
+    def device_for(self, target: PreviewTarget) -> str:
+        """An explicit --device wins; else the case's preference (CPU goldens need CPU renders); else auto."""
+        if self.options.device != "auto" or target.device == "auto":
+            return self.device
+        return resolve_device(target.device)
 
     def _lora_layers(self, path: Path) -> dict:
         from .render.lora import read_lora_file
@@ -149,7 +163,7 @@ class Engine:
             vae, vae_note = Path(vae_override), f"VAE from {vae_override}"
         else:
             vae, vae_note = resolve_vae(base)
-        bundle = self.models.get(base, vae, self.device, cast_whole_bf16=profile.cast_whole_bf16)
+        bundle = self.models.get(base, vae, self.device_for(target), cast_whole_bf16=profile.cast_whole_bf16)
         return bundle, [n for n in (base_note, vae_note) if n], merged_map
 
     def render(self, target: PreviewTarget):
@@ -177,8 +191,18 @@ class Engine:
                     paths[side], layers[side] = Path(path), self._lora_layers(Path(path))
         multiplier = preview.extra.get("multipliers", sample.network_multiplier)
         with lora_mod.applied(paths, layers, bundle.experts, multiplier, merged=preview.merged):
-            result = render_sample(bundle, sample, image, profile, self.prompts, progress=self.progress)
+            result = render_sample(bundle, sample, image, profile, self.prompts, progress=self.progress,
+                                   rng_layout=_rng_layout(target, bundle.device))
         return result, profile, notes
+
+
+def _rng_layout(target: PreviewTarget, device) -> str:
+    """ai-toolkit's RNG layout; a CUDA-rendered preview re-rendered on CPU can only approximate the posterior."""
+    return "cpu" if target.rng_layout == "cpu" or torch_device_type(device) == "cpu" else "cuda"
+
+
+def torch_device_type(device) -> str:
+    return str(device).split(":")[0]
 
 
 def _comparison_fields(golden_frames, render_frames, raw_golden, fps, ext, thresholds):
@@ -246,7 +270,7 @@ def run_one(engine: Engine, target: PreviewTarget) -> dict:
     ext = Path(target.preview.golden).suffix.lstrip(".").lower() or "webp"
     result.update(_comparison_fields(golden.frames, render.frames, raw_golden, target.preview.sample.fps, ext,
                                      target.thresholds))
-    approx = approximations(target, profile)
+    approx = approximations(target, profile, engine.device_for(target))
     result.update(profile=profile.name, profile_exact=profile.exact, approximate=approx or None, notes=notes,
                   trace=[list(t) for t in render.trace], seconds=round(time.perf_counter() - started, 3))
     if result["message"] is None:

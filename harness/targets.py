@@ -21,9 +21,15 @@ def from_output_dir(output_dir: Path, path_map: PathMap | None = None) -> list[P
     job = load_job(config)
     return [
         PreviewTarget(preview=p, model_name=str(job.model.get("name_or_path", "")), config_file=config,
-                      search_dirs=[Path(output_dir)], path_map=path_map or PathMap(), model_block=job.model)
+                      search_dirs=[Path(output_dir)], path_map=path_map or PathMap(), model_block=job.model,
+                      rng_layout=job.render_device, known_gaps=_gaps(job))
         for p in discover(output_dir, job)
     ]
+
+
+def _gaps(job) -> list[str]:
+    reason = job.unsupported_reason()
+    return [reason] if reason else []
 
 
 def from_case(case_file: Path, path_map: PathMap | None = None) -> list[PreviewTarget]:
@@ -41,7 +47,7 @@ def from_case(case_file: Path, path_map: PathMap | None = None) -> list[PreviewT
     return [
         PreviewTarget(preview=p, model_name=model_name, config_file=Path(case_file), search_dirs=[case.golden_path()],
                       profile=case.profile, thresholds=thresholds, path_map=combined, model_block=job.model,
-                      threads=case.threads, vae=case.vae_path())
+                      threads=case.threads, vae=case.vae_path(), device=case.device, rng_layout=job.render_device, known_gaps=_gaps(job))
         for p in case.preview_jobs(path_map)
     ]
 

@@ -26,7 +26,7 @@ CASES = ("case_a", "case_d")
 def _targets():
     if not ORACLE.is_dir():
         return []
-    return [t for case in CASES for t in from_output_dir(output_dir(case))]
+    return [t for case in CASES for t in from_output_dir(output_dir(case), PathMap([PATH_MAP]))]
 
 
 TARGETS = _targets()
@@ -34,7 +34,17 @@ TARGETS = _targets()
 
 @pytest.fixture(scope="module")
 def engine():
-    return Engine(RunOptions(base_model=str(TINY_MODEL), path_map=PathMap([PATH_MAP]), device="cpu", threads=2))
+    return Engine(RunOptions(base_model=str(TINY_MODEL), device="cpu", threads=2))
+
+
+_RENDERS: dict[str, object] = {}
+
+
+def _render(engine, target):
+    """Each preview is rendered once per session; several tests inspect the same render."""
+    if target.key not in _RENDERS:
+        _RENDERS[target.key] = engine.render(target)[0]
+    return _RENDERS[target.key]
 
 
 def _manifest_entry(target):
@@ -45,7 +55,7 @@ def _manifest_entry(target):
 
 @pytest.mark.parametrize("target", TARGETS, ids=[t.key for t in TARGETS])
 def test_preview_is_bit_exact(engine, target):
-    render, profile, _ = engine.render(target)
+    render = _render(engine, target)
     raw = np.load(target.preview.golden_raw)
     assert render.frames.shape == raw.shape
     differing = int((render.frames != raw).any(axis=-1).sum())
@@ -60,9 +70,7 @@ def test_preview_is_bit_exact(engine, target):
 def test_expert_trace_matches_manifest(engine, target):
     """Which expert ran at which timestep, forward by forward, as hooks recorded inside ai-toolkit."""
     entry = _manifest_entry(target)
-    render, _, _ = engine.render(target) if target.preview.step == 0 and target.preview.index == 0 else (None, None, None)
-    if render is None:
-        pytest.skip("trace checked on one preview per case (each render costs seconds)")
+    render = _render(engine, target)
     names = {"high": "transformer_1", "low": "transformer_2"}
     assert [[names[e], t] for e, t in render.trace] == [list(x) for x in entry["denoise_trace"]]
 

@@ -78,3 +78,18 @@ def test_two_previews_with_the_same_seed_are_identical():
     a, b = PreviewRng(11, "cpu"), PreviewRng(11, "cpu")
     assert torch.equal(a.initial_noise(shape), b.initial_noise(shape))
     assert torch.equal(a.posterior_noise(shape), b.posterior_noise(shape))
+
+
+def test_cpu_layout_is_the_default_on_cpu_and_explicit_cpu_layout_is_the_same():
+    shape = (1, 16, 1, 2, 2)
+    default, explicit = PreviewRng(3, "cpu"), PreviewRng(3, "cpu", layout="cpu")
+    assert torch.equal(default.initial_noise(shape), explicit.initial_noise(shape))
+    assert torch.equal(default.posterior_noise(shape), explicit.posterior_noise(shape))
+
+
+def test_cuda_layout_cannot_be_reproduced_on_cpu():
+    """§3: the CUDA Philox stream is not reproducible on CPU; the harness must refuse rather than substitute."""
+    rng = PreviewRng(3, "cpu", layout="cuda")
+    rng.initial_noise((1, 16, 1, 2, 2))  # the initial noise is a CPU draw in both layouts
+    with pytest.raises(ValueError, match="CUDA"):
+        rng.posterior_noise((1, 16, 1, 2, 2))

@@ -44,6 +44,11 @@ class AitkJob:
         )
 
     @property
+    def render_device(self) -> str:
+        """'cpu' or 'cuda': where ai-toolkit rendered, which decides the posterior RNG layout (PARITY §3)."""
+        return "cpu" if str(self.process.get("device", "cuda")).split(":")[0] == "cpu" else "cuda"
+
+    @property
     def process(self) -> dict:
         """The process block that ai-toolkit actually ran."""
         return self.raw["config"]["process"][0]

@@ -77,8 +77,11 @@ def decode(bundle: ModelBundle, latents: torch.Tensor) -> np.ndarray:
 
 @torch.no_grad()
 def render_sample(bundle: ModelBundle, sample: SampleSpec, control_image, profile: SamplerProfile,
-                  prompts: PromptCache | None = None, progress=None) -> Render:
-    """Render one preview with whatever LoRA is currently applied to the bundle's experts."""
+                  prompts: PromptCache | None = None, progress=None, rng_layout: str | None = None) -> Render:
+    """Render one preview with whatever LoRA is currently applied to the bundle's experts.
+
+    ``rng_layout`` is the device type ai-toolkit rendered on (default: the device we render on).
+    """
     prompts = prompts or PromptCache()
     device = bundle.device
     cond_embeds = prompts.get(bundle.tokenizer, bundle.text_encoder, sample.prompt, device)
@@ -86,7 +89,7 @@ def render_sample(bundle: ModelBundle, sample: SampleSpec, control_image, profil
     if sample.guidance_scale > 1.0:
         uncond_embeds = prompts.get(bundle.tokenizer, bundle.text_encoder, sample.negative_prompt, device)
 
-    rng = PreviewRng(sample.seed, vae_device=device)
+    rng = PreviewRng(sample.seed, vae_device=device, layout=rng_layout)
     shape = latent_shape(sample.num_frames, sample.height, sample.width)
     latents = rng.initial_noise(shape).to(device)
     first_frame = image_to_tensor(control_image, device)

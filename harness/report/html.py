@@ -12,17 +12,16 @@ import base64
 import datetime as _dt
 import json
 import math
-import os
 import re
 import secrets
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import HarnessError
+from ..fsutil import write_atomic, write_json_atomic, write_text_atomic
 from . import plots
 from .knobs import STACKS, config_diff, profile_info, summarize_trace
 
@@ -69,8 +68,7 @@ class Assets:
         if self.inline:
             src = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
         else:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            (self.folder / name).write_bytes(data)
+            write_atomic(self.folder / name, lambda handle: handle.write(data))
             src = f"{ASSETS_DIR}/{self.run_id}/{name}"
         return Picture(src, int(width), int(height), alt)
 
@@ -205,7 +203,7 @@ class Section:
 def _metrics_rows(r: dict) -> list[dict]:
     rows = []
     for key, label in (("encoded", "encoded (render re-encoded like ai-toolkit vs golden file)"),
-                       ("raw", "raw (lossless render vs golden file)"),
+                       ("raw", "raw (lossless render vs golden file; includes the golden's own codec loss)"),
                        ("raw_golden", "lossless (lossless render vs lossless golden)")):
         c = r.get(key)
         if not isinstance(c, dict):
@@ -299,8 +297,7 @@ def _pictures(sec: Section, r: dict, assets: Assets, search_dirs) -> None:
     if not isinstance(worst, int):
         worst = None
     if worst is None and same:
-        err = np.abs(golden.astype(np.int16) - render.astype(np.int16)).reshape(len(golden), -1).mean(axis=1)
-        worst = int(np.argmax(err))
+        worst = plots.worst_by_mean_error(golden, render)
     clips = [c for c in (golden, render) if c is not None]
     if not clips:
         return
@@ -313,19 +310,21 @@ def _pictures(sec: Section, r: dict, assets: Assets, search_dirs) -> None:
         sec.strips.append((sec.render_label or "render",
                            assets.add(f"p{n:04d}-strip-render.png", plots.strip(render, th, worst),
                                       alt=f"render frames of {sec.key}")))
-    diff = plots.diff_heatmap(golden, render) if same else None
-    if diff is not None:
-        sec.strips.append((f"|Δ| ×{plots.DIFF_GAIN}", assets.add(f"p{n:04d}-strip-diff.png", plots.strip(diff, th, worst),
-                                                               alt=f"difference heatmap of {sec.key}")))
+    if same:
+        sec.strips.append((f"|Δ| ×{plots.DIFF_GAIN}",
+                           assets.add(f"p{n:04d}-strip-diff.png", plots.strip(plots.diff_frames(golden, render, th), th, worst),
+                                      alt=f"difference heatmap of {sec.key}")))
     if worst is not None and 0 <= worst < min(len(c) for c in clips):
         sec.worst_index = worst
         lh = plots.large_height(ref.shape[1], ref.shape[2])
-        for label, clip in (("golden", golden), ("render", render), (f"|Δ| ×{plots.DIFF_GAIN}", diff)):
-            if clip is None:
-                continue
-            kind = "diff" if label.startswith("|") else label
-            sec.worst.append((label, assets.add(f"p{n:04d}-worst-{kind}.png", plots.resize(clip[worst], lh),
-                                                alt=f"{label} frame {worst} of {sec.key}")))
+        panels = [("golden", "golden", golden[worst] if golden is not None else None),
+                  ("render", "render", render[worst] if render is not None else None)]
+        if same:
+            panels.append((f"|Δ| ×{plots.DIFF_GAIN}", "diff", plots.diff_heatmap(golden[worst], render[worst])))
+        for label, kind, frame in panels:
+            if frame is not None:
+                sec.worst.append((label, assets.add(f"p{n:04d}-worst-{kind}.png", plots.resize(frame, lh),
+                                                    alt=f"{label} frame {worst} of {sec.key}")))
     series = {}
     if r.get("psnr_per_frame") or r.get("ssim_per_frame"):
         series["encoded"] = (r.get("psnr_per_frame") or [], r.get("ssim_per_frame") or [])
@@ -341,7 +340,7 @@ def _pictures(sec: Section, r: dict, assets: Assets, search_dirs) -> None:
 
 
 def counts(results: list[dict]) -> dict:
-    c = {s: 0 for s in STATUSES}
+    c = {s: 0 for s in STATUSES} | {"other": 0}
     for r in results:
         s = r.get("status") if r.get("status") in STATUSES else "other"
         c[s] = c.get(s, 0) + 1
@@ -366,6 +365,17 @@ def _environment_rows(document: dict) -> list[tuple[str, str, bool]]:
     env = document.get("environment") or {}
     differs = set(document.get("environment_differs") or [])
     return [(str(k), fmt_value(v), k in differs) for k, v in env.items()]
+
+
+def _shard_rows(document: dict) -> list[dict]:
+    rows = []
+    for shard in document.get("shards") or []:
+        env = shard.get("environment") or {}
+        summary = shard.get("summary") or {}
+        rows.append({"results": fmt_value(shard.get("results")),
+                     "summary": ", ".join(f"{k} {v}" for k, v in summary.items()),
+                     "device": " ".join(str(env[k]) for k in ("device", "gpu") if env.get(k)) or "—"})
+    return rows
 
 
 def _jinja():
@@ -398,7 +408,7 @@ def render_html(document: dict, assets: Assets, search_dirs=()) -> str:
         schema_version=document.get("schema_version"),
         counts=c, overall=overall, statuses=STATUSES,
         environment=_environment_rows(document),
-        shards=document.get("shards") or [],
+        shards=_shard_rows(document),
         duplicates=document.get("duplicates") or [],
         summary=[_summary_row(s) for s in sections],
         sections=sections,
@@ -422,17 +432,7 @@ def write_report(document: dict, out_dir: Path, *, inline: bool = False, search_
     target = out_dir / REPORT_NAME
     try:
         page = render_html(document, assets, [*search_dirs, out_dir])
-        fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{REPORT_NAME}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(page)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_text_atomic(target, page)
     except BaseException:
         assets.discard()
         raise
@@ -557,7 +557,6 @@ def report_main(paths, out_dir) -> Path:
     With several inputs the merged document is also written to ``DIR/results.merged.json``.
     Problems with the inputs raise :class:`~harness.errors.HarnessError` (one line for the CLI).
     """
-    from ..runner import atomic_write_json
 
     if not paths:
         raise HarnessError(None, "report", "give at least one results JSON file or output folder")
@@ -568,6 +567,6 @@ def report_main(paths, out_dir) -> Path:
         raise HarnessError(None, "report", str(exc)) from None
     out_dir = Path(out_dir)
     if len(docs) > 1:
-        atomic_write_json(out_dir / "results.merged.json", merged)
+        write_json_atomic(out_dir / "results.merged.json", merged)
     unique_dirs = list(dict.fromkeys(dirs))
     return write_report(merged, out_dir, search_dirs=unique_dirs)

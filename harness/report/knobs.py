@@ -165,6 +165,10 @@ def _num(value) -> str:
     return str(value)
 
 
+def _shift(value) -> str:
+    return "unknown" if value is None else f"{float(value):.1f}"
+
+
 def _high_steps_at(steps: list[tuple[str, float]], boundary: float) -> int:
     return sum(1 for _, t in steps if t >= boundary * 1000.0)
 
@@ -213,8 +217,8 @@ def config_diff(result: dict, environment: dict | None = None) -> list[KnobRow]:
         "different detail and noise texture; same composition at best"))
     rows.append(KnobRow(
         "shift", "§7.1",
-        Cell(_num(p.shift), _same(p.shift, a_shift)),
-        Cell(_num(a_shift) if era else "5.0 (Euler) / 3.0 (UniPC)"),
+        Cell(_shift(p.shift), _same(p.shift, a_shift)),
+        Cell(_shift(a_shift) if era else "5.0 (Euler) / 3.0 (UniPC)"),
         {"diffusers": Cell("scheduler config of the model repo (UNVERIFIED)"),
          "official": Cell("5.0", _same(5.0, a_shift)),
          "runcomfy": Cell("3.0", _same(3.0, a_shift)),

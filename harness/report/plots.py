@@ -26,14 +26,14 @@ GOLD = (230, 176, 0)  # worst-frame outline in strips
 
 def png_bytes(image: np.ndarray) -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(image)).save(buf, format="PNG", compress_level=6)
+    Image.fromarray(np.ascontiguousarray(image)).save(buf, format="PNG", compress_level=3)
     return buf.getvalue()
 
 
 def thumb_height(frame_h: int, frame_w: int, count: int) -> int:
     """Thumbnail height for a strip of ``count`` frames: ≤160 px, smaller for long clips, enlarged for tiny ones."""
     if frame_h < SMALL_UPSCALE_H:
-        return frame_h * max(1, SMALL_UPSCALE_H // max(frame_h, 1))
+        return frame_h * max(1, -(-SMALL_UPSCALE_H // max(frame_h, 1)))
     aspect = frame_w / max(frame_h, 1)
     budget = int(STRIP_BUDGET_W / max(count * aspect, 1e-6))
     return max(min(THUMB_MAX_H, frame_h, budget), min(THUMB_MIN_H, frame_h))
@@ -45,7 +45,10 @@ def resize(frame: np.ndarray, height: int) -> np.ndarray:
         return frame
     width = max(1, round(w * height / h))
     upscale = height > h
-    image = Image.fromarray(frame).resize((width, height), Image.Resampling.NEAREST if upscale else Image.Resampling.LANCZOS)
+    if upscale:
+        image = Image.fromarray(frame).resize((width, height), Image.Resampling.NEAREST)
+    else:
+        image = Image.fromarray(frame).resize((width, height), Image.Resampling.LANCZOS, reducing_gap=2.0)
     return np.asarray(image)
 
 
@@ -58,8 +61,12 @@ def large_height(frame_h: int, frame_w: int) -> int:
     return frame_h
 
 
-def strip(frames: np.ndarray, height: int, mark: int | None = None) -> np.ndarray:
-    """All frames side by side with a small gap; frame ``mark`` gets a gold outline."""
+def strip(frames, height: int, mark: int | None = None) -> np.ndarray:
+    """All frames side by side with a small gap; frame ``mark`` gets a gold outline.
+
+    ``frames`` may be any iterable of (H, W, 3) frames (e.g. a generator), so a long full-size clip's
+    difference images never have to exist all at once.
+    """
     thumbs = [resize(f, height) for f in frames]
     widths = [t.shape[1] for t in thumbs]
     total = sum(widths) + GAP * (len(thumbs) + 1)
@@ -71,6 +78,37 @@ def strip(frames: np.ndarray, height: int, mark: int | None = None) -> np.ndarra
         canvas[GAP:GAP + height, x:x + t.shape[1]] = t
         x += t.shape[1] + GAP
     return canvas
+
+
+def diff_level(golden: np.ndarray, render: np.ndarray) -> np.ndarray:
+    """|Δ| per pixel, max over RGB, uint8 (computed without widening: max − min of the two values)."""
+    d = np.maximum(golden, render) - np.minimum(golden, render)
+    return np.maximum(np.maximum(d[..., 0], d[..., 1]), d[..., 2])
+
+
+def max_pool(level: np.ndarray, height: int) -> np.ndarray:
+    """Shrink a |Δ| map by block maximum first, so a one-pixel difference survives in a thumbnail."""
+    k = level.shape[0] // height
+    if k >= 2:
+        h, w = (level.shape[0] // k) * k, (level.shape[1] // k) * k
+        level = level[:h, :w].reshape(h // k, k, w // k, k).max(axis=(1, 3))
+    return level
+
+
+def diff_frames(golden: np.ndarray, render: np.ndarray, height: int | None = None, gain: int = DIFF_GAIN):
+    """Heatmaps of a clip pair, one frame at a time (block-max shrunk towards ``height`` first when given)."""
+    table = gain_lut(gain)
+    for g, r in zip(golden, render):
+        level = diff_level(g, r)
+        if height is not None:
+            level = max_pool(level, height)
+        yield table[level]
+
+
+def worst_by_mean_error(golden: np.ndarray, render: np.ndarray) -> int:
+    """Fallback worst frame (largest mean |Δ|) when the results do not name one."""
+    errors = [float(np.abs(g.astype(np.int16) - r.astype(np.int16)).mean()) for g, r in zip(golden, render)]
+    return int(np.argmax(errors))
 
 
 def _colormap_lut(name: str = "inferno") -> np.ndarray:
@@ -90,11 +128,14 @@ def lut() -> np.ndarray:
     return _LUT
 
 
+def gain_lut(gain: int = DIFF_GAIN) -> np.ndarray:
+    """256 colours indexed by raw |Δ|: colour-mapped min(|Δ| × gain, 255)."""
+    return lut()[np.minimum(np.arange(256) * gain, 255)]
+
+
 def diff_heatmap(golden: np.ndarray, render: np.ndarray, gain: int = DIFF_GAIN) -> np.ndarray:
     """|Δ| × gain, max over RGB, clipped to 255 and colour-mapped: black = identical, bright = ≥ 255/gain."""
-    diff = np.abs(golden.astype(np.int16) - render.astype(np.int16)).max(axis=-1)
-    level = np.clip(diff.astype(np.int32) * gain, 0, 255).astype(np.uint8)
-    return lut()[level]
+    return gain_lut(gain)[diff_level(golden, render)]
 
 
 def colorbar(width: int = 256, height: int = 12) -> np.ndarray:
@@ -165,8 +206,8 @@ def metric_curves(series: dict[str, tuple[list, list]], thresholds: dict | None 
     ssim_vals = [v for _, s in cleaned.values() for v in s if v is not None]
     low = min(ssim_vals + [float(thresholds.get("ssim_min") or 1.0)]) if ssim_vals else 0.0
     ax_s.set_ylim(max(-1.0, min(low - 0.02, 0.95)), 1.005)
-    ax_s.legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
+    ax_s.legend(fontsize=7, loc="best", framealpha=0.8)
+    fig.subplots_adjust(left=0.075, right=0.985, bottom=0.19, top=0.95, wspace=0.3)
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()

@@ -1,0 +1,395 @@
+"""HTML report: sections, pictures, escaping of every user string, offline-only resources, merging shards."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from harness.errors import HarnessError
+from harness.media import read_frames, write_like_aitk
+from harness.metrics import compare_clips, verdict
+from harness.report import merge_documents, report_main, write_report
+from harness.report.knobs import config_diff, summarize_trace
+
+SCRIPT = "<script>alert(1)</script>"
+TITLE_SCRIPT = "<script>document.title='XSS'</script>"
+IMG_ATTACK = "\"><img src=x onerror=document.title='XSS2'>"
+ENV = {"harness": "0.1.0", "torch": "2.14.1", "device": "cuda:0", "gpu": "NVIDIA H100", "pillow": "12.3.0", "libwebp": "1.6.0"}
+TRACE = [["high", 1000.0], ["high", 1000.0], ["high", 952.66], ["high", 952.66], ["high", 883.21], ["high", 883.21],
+         ["low", 771.43], ["low", 771.43], ["low", 561.65], ["low", 561.65], ["low", 24.41], ["low", 24.41]]
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+def _frames(seed: int, f: int = 5, h: int = 32, w: int = 48) -> np.ndarray:
+    """Smooth coloured frames (noise would make lossy WebP differences huge and the pictures unreadable)."""
+    y, x = np.mgrid[0:h, 0:w]
+    out = []
+    for i in range(f):
+        r = (x * 5 + i * 20 + seed * 30) % 256
+        g = (y * 7 + i * 10) % 256
+        b = ((x + y) * 3 + seed * 50) % 256
+        out.append(np.stack([r, g, b], axis=-1))
+    return np.asarray(out, dtype=np.uint8)
+
+
+def _base(key: str, case: str, step: int, index: int, golden: Path, prompt: str = "a red cat") -> dict:
+    return {
+        "key": key, "case": case, "golden": str(golden), "golden_raw": None, "step": step, "index": index,
+        "label_note": None, "seed": 42 + index, "prompt": prompt, "negative_prompt": "", "width": 48, "height": 32,
+        "num_frames": 5, "fps": 16, "guidance_scale": 4.0, "sample_steps": 6, "network_multiplier": 1.0,
+        "ctrl_img": "/data/ctrl.png", "lora": {"high": "/loras/x_high_noise.safetensors", "low": "/loras/x_low_noise.safetensors"},
+        "lora_path": "unmerged", "status": None, "bit_exact": False, "psnr_mean": None, "psnr_min": None,
+        "ssim_mean": None, "ssim_min": None, "psnr_per_frame": None, "ssim_per_frame": None, "frames_path": None,
+        "render_path": None, "message": None,
+    }
+
+
+def _compared(result: dict, golden_path: Path, render_path: Path) -> dict:
+    golden = read_frames(golden_path).frames
+    render = read_frames(render_path).frames
+    c = compare_clips(golden, render)
+    j = c.to_json()
+    result.update(status=verdict(c), bit_exact=bool(c.bit_exact), encoded=j, raw=j,
+                  thresholds={"psnr_min": 30.0, "ssim_min": 0.9}, render_path=str(render_path),
+                  profile="aitk-euler", profile_exact=True, approximate=None, notes=["a note"], trace=TRACE, seconds=1.5)
+    for k in ("psnr_mean", "psnr_min", "ssim_mean", "ssim_min", "worst_frame"):
+        result[k] = j[k]
+    result["psnr_per_frame"], result["ssim_per_frame"] = j["psnr"], j["ssim"]
+    result["message"] = c.mismatch or ("bit-exact with the golden preview" if c.bit_exact else "drifted")
+    return result
+
+
+@pytest.fixture()
+def document(tmp_path) -> dict:
+    return make_document(tmp_path)
+
+
+def make_document(tmp_path: Path) -> dict:
+    """Six results covering every status, a missing render, a frame-count mismatch and hostile strings."""
+    media = tmp_path / "media"
+    attack_dir = media / IMG_ATTACK
+    gold = _frames(0)
+    g1 = write_like_aitk(media / "g1.webp", gold, 16)
+    r1 = write_like_aitk(media / "r1.webp", gold, 16)
+    g2 = write_like_aitk(attack_dir / "g2.webp", _frames(1), 16)
+    noisy = np.clip(_frames(1).astype(np.int16) + np.random.default_rng(0).integers(-40, 41, _frames(1).shape), 0, 255)
+    r2 = write_like_aitk(media / "r2.webp", noisy.astype(np.uint8), 16)
+    g4 = write_like_aitk(media / "g4.webp", _frames(2), 16)
+    r4 = write_like_aitk(media / "r4.webp", _frames(2, f=9), 16)
+    results = [
+        _compared(_base("case::0::0", "case", 0, 0, g1, prompt=f"sks {SCRIPT} {TITLE_SCRIPT} & more"), g1, r1),
+        _compared(_base("case::0::1", "case", 0, 1, g2), g2, r2),
+        # the render was recorded but its file is gone
+        dict(_compared(_base("case::0::2", "case", 0, 2, g1), g1, r1), render_path=str(media / "gone.webp")),
+        _compared(_base("case::0::3", "case", 0, 3, g4), g4, r4),  # frame-count mismatch
+        dict(_base("case::2::0", "case", 2, 0, media / "missing.webp"), status="error",
+             message="cases/x.yaml: sample.samples[0].ctrl_img: file not found <b>bold</b>"),
+        dict(_base(f"case{SCRIPT}::2::1", f"case{SCRIPT}", 2, 1, media / "g9.webp"), status="unreproducible",
+             message="seed -1 is re-randomised at render time"),
+    ]
+    results[1]["profile"] = "runcomfy"
+    results[1]["profile_exact"] = False
+    results[1]["approximate"] = ["the job quantized the transformer (qfloat8); this render is a bf16 reference"]
+    return {"schema_version": 1, "environment": dict(ENV), "summary": {}, "results": results}
+
+
+class Page(HTMLParser):
+    """Collects tags, attributes and text, and which section each belongs to."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.tags: list[tuple[str, dict]] = []
+        self.sections: dict[str, dict] = {}
+        self.current: str | None = None
+        self.depth = 0
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.tags.append((tag, attrs))
+        if tag == "section" and attrs.get("id"):
+            self.current = attrs["id"]
+            self.sections[self.current] = {"imgs": [], "text": [], "class": attrs.get("class", "")}
+            self.depth = 0
+        elif tag == "section":
+            self.depth += 1
+        if tag == "img" and self.current:
+            self.sections[self.current]["imgs"].append(attrs)
+
+    def handle_endtag(self, tag):
+        if tag == "section":
+            if self.depth:
+                self.depth -= 1
+            else:
+                self.current = None
+
+    def handle_data(self, data):
+        self.text.append(data)
+        if self.current:
+            self.sections[self.current]["text"].append(data)
+
+    def section_text(self, sid: str) -> str:
+        return " ".join(self.sections[sid]["text"])
+
+
+def _parse(path: Path) -> tuple[str, Page]:
+    raw = path.read_text(encoding="utf-8")
+    page = Page()
+    page.feed(raw)
+    return raw, page
+
+
+# --------------------------------------------------------------------------- the page
+
+
+def test_report_has_every_section_and_links(document, tmp_path):
+    out = write_report(document, tmp_path / "out")
+    assert out == tmp_path / "out" / "report.html"
+    raw, page = _parse(out)
+    assert "summary" in page.sections
+    hrefs = {a.get("href") for t, a in page.tags if t == "a"}
+    for i, r in enumerate(document["results"]):
+        assert f"p{i}" in page.sections, r["key"]
+        assert f"#p{i}" in hrefs
+        assert r["key"] in page.section_text(f"p{i}")
+    header = " ".join(page.text)
+    for word in ("pass", "fail", "error", "unreproducible", "bit-exact", "NVIDIA H100", "libwebp"):
+        assert word in header
+    first = page.section_text("p0")
+    for expected in ("sample steps", "guidance scale", "x_high_noise.safetensors", "unmerged", "aitk-euler",
+                     "3 steps on high, 3 steps on low", "switch before step 3", "Config diff", "expert boundary", "0.875"):
+        assert expected in first, expected
+    # no leftovers of the atomic write
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_pictures_are_present_and_decodable(document, tmp_path):
+    out = write_report(document, tmp_path / "out")
+    _, page = _parse(out)
+    imgs = [a for t, a in page.tags if t == "img"]
+    assert imgs
+    for attrs in imgs:
+        src = attrs["src"]
+        assert src.startswith("report_assets/") and ".." not in src
+        with Image.open(out.parent / src) as im:
+            im.verify()
+        assert attrs.get("alt")
+    exact = page.sections["p0"]["imgs"]
+    assert len(exact) >= 3 + 3 + 1  # golden/render/diff strips, worst-frame triple, curves
+    with Image.open(out.parent / exact[0]["src"]) as im:  # strips stay light: ≤ 160 px thumbnails + border
+        assert im.height <= 160 + 4
+
+
+def test_thumbnails_are_capped_for_large_frames(tmp_path):
+    from harness.report import plots
+
+    big = np.zeros((3, 720, 1280, 3), dtype=np.uint8)
+    h = plots.thumb_height(720, 1280, 3)
+    assert h == 160
+    assert plots.strip(big, h).shape[0] == 160 + 2 * plots.GAP
+    assert plots.thumb_height(720, 1280, 81) < 160  # long clips shrink further
+    assert plots.thumb_height(32, 48, 5) >= 64  # tiny test frames are enlarged
+
+
+def test_user_strings_are_escaped(document, tmp_path):
+    out = write_report(document, tmp_path / "out")
+    raw, page = _parse(out)
+    assert SCRIPT not in raw and TITLE_SCRIPT not in raw
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in raw
+    assert "<img src=x" not in raw and "<b>bold</b>" not in raw
+    assert "&#34;&gt;&lt;img src=x onerror=" in raw or "&quot;&gt;&lt;img src=x onerror=" in raw
+    assert not [t for t, _ in page.tags if t == "script"]
+    assert not [a for t, a in page.tags if any(k.startswith("on") for k in a)]
+    assert SCRIPT in page.section_text("p0")  # the prompt is shown, as text
+    assert IMG_ATTACK in page.section_text("p1")
+    assert f"case{SCRIPT}::2::1" in page.section_text("p5")  # a hostile case name, as text
+
+
+def test_no_network_resources(document, tmp_path):
+    out = write_report(document, tmp_path / "out")
+    raw, page = _parse(out)
+    for tag, attrs in page.tags:
+        for name in ("src", "href", "srcset", "data", "action", "poster"):
+            value = (attrs.get(name) or "").strip().lower()
+            assert not value.startswith(("http:", "https:", "//")), (tag, name, value)
+    assert not [t for t, _ in page.tags if t in ("link", "iframe", "object", "embed")]
+    assert "@import" not in raw and "url(" not in raw
+    csp = [a for t, a in page.tags if t == "meta" and a.get("http-equiv") == "Content-Security-Policy"]
+    assert csp and "default-src 'none'" in csp[0]["content"]
+
+
+def test_missing_render_and_mismatch_are_reported_not_raised(document, tmp_path):
+    out = write_report(document, tmp_path / "out")
+    _, page = _parse(out)
+    gone = page.section_text("p2")
+    assert "gone.webp" in gone and "file not found" in gone
+    assert len(page.sections["p2"]["imgs"]) >= 1  # the golden strip and the curves still show
+    mismatch = page.section_text("p3")
+    assert "num_frames snapping differs" in mismatch and "no difference image" in mismatch
+
+
+def test_error_and_unreproducible_show_message_without_pictures(document, tmp_path):
+    out = write_report(document, tmp_path / "out")
+    _, page = _parse(out)
+    for sid, words in (("p4", "file not found <b>bold</b>"), ("p5", "seed -1 is re-randomised")):
+        assert words in page.section_text(sid)
+        assert page.sections[sid]["imgs"] == []
+    assert "error" in page.sections["p4"]["class"] and "unreproducible" in page.sections["p5"]["class"]
+
+
+def test_inline_mode_embeds_pictures(document, tmp_path):
+    out = write_report(document, tmp_path / "out", inline=True)
+    _, page = _parse(out)
+    imgs = [a["src"] for t, a in page.tags if t == "img"]
+    assert imgs and all(s.startswith("data:image/png;base64,") for s in imgs)
+    assert not (tmp_path / "out" / "report_assets").exists()
+    import base64
+    import io
+
+    with Image.open(io.BytesIO(base64.b64decode(imgs[0].split(",", 1)[1]))) as im:
+        im.verify()
+
+
+def test_rewriting_replaces_assets_of_the_earlier_run(document, tmp_path):
+    out = write_report(document, tmp_path / "out")
+    first = {p.name for p in (tmp_path / "out" / "report_assets").iterdir()}
+    (tmp_path / "out" / "report_assets" / "mine").mkdir()  # not ours: left alone
+    out = write_report(document, tmp_path / "out")
+    second = {p.name for p in (tmp_path / "out" / "report_assets").iterdir()}
+    assert len(first) == 1 and "mine" in second and not (first & second) and len(second) == 2
+    _, page = _parse(out)
+    for _, attrs in [(t, a) for t, a in page.tags if t == "img"]:
+        assert (out.parent / attrs["src"]).is_file()
+
+
+def test_knob_table_flags_drift(document):
+    rows = {r.knob: r for r in config_diff(document["results"][0], ENV)}
+    boundary = rows["expert boundary"]
+    assert boundary.render.drift is False and boundary.stacks["runcomfy"].drift is True
+    assert "3 of 6 steps" in boundary.render.text
+    diag = {r.knob: r for r in config_diff(document["results"][1], ENV)}
+    assert diag["expert boundary"].render.drift is True  # runcomfy profile departs from ai-toolkit
+    assert diag["dtype of fp32-kept modules"].render.drift is True
+    assert diag["transformer quantization"].render.drift is True
+    t = summarize_trace(TRACE)
+    assert t.counts == {"high": 3, "low": 3} and t.switch_index == 3 and t.forwards == 12
+
+
+# --------------------------------------------------------------------------- merging
+
+
+def _shard(results: list[dict], device: str) -> dict:
+    return {"schema_version": 1, "environment": dict(ENV, device=device), "summary": {"total": len(results)},
+            "results": results}
+
+
+def test_merge_documents_combines_and_recomputes(document):
+    res = document["results"]
+    a = _shard([res[3], res[0], res[4]], "cuda:0")
+    b = _shard([res[1], res[5], dict(res[0], status="fail", bit_exact=False)], "cuda:1")
+    merged = merge_documents([a, b])
+    keys = [r["key"] for r in merged["results"]]
+    assert sorted(keys) == keys and len(keys) == 5
+    assert merged["summary"] == {"total": 5, "fail": 3, "error": 1, "unreproducible": 1, "bit_exact": 0}
+    assert merged["duplicates"] == ["case::0::0"]
+    assert merged["environment"]["device"] == ["cuda:0", "cuda:1"] and merged["environment_differs"] == ["device"]
+    assert merged["environment"]["torch"] == "2.14.1" and len(merged["shards"]) == 2
+    single = merge_documents([_shard(res[:2], "cuda:0")])
+    assert single["environment"]["device"] == "cuda:0" and "shards" not in single
+    with pytest.raises(ValueError):
+        merge_documents([])
+    with pytest.raises(ValueError):
+        merge_documents([dict(a, schema_version=99)])
+
+
+def test_report_main_merges_files(document, tmp_path):
+    res = document["results"]
+    f1, f2 = tmp_path / "s1.json", tmp_path / "s2.json"
+    f1.write_text(json.dumps(_shard(res[:3], "cuda:0")))
+    f2.write_text(json.dumps(_shard(res[3:], "cuda:1")))
+    out = report_main([f1, f2], tmp_path / "rep")
+    assert out.is_file()
+    merged = json.loads((tmp_path / "rep" / "results.merged.json").read_text())
+    assert merged["summary"]["total"] == 6
+    raw, page = _parse(out)
+    assert "differs between shards" in raw and len([s for s in page.sections if s.startswith("p")]) == 6
+    # a per-preview result file from --out/results/ is accepted too
+    one = tmp_path / "one.json"
+    one.write_text(json.dumps(res[0]))
+    assert report_main([one], tmp_path / "rep1").is_file()
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(HarnessError, match="bad.json"):
+        report_main([bad], tmp_path / "rep2")
+    with pytest.raises(HarnessError, match="file not found"):
+        report_main([tmp_path / "nope.json"], tmp_path / "rep3")
+
+
+def test_relative_paths_resolve_against_the_results_folder(document, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tmp_path / "media", run / "media")
+    r = json.loads(json.dumps(document["results"][0]))
+    r["golden"], r["render_path"] = "media/g1.webp", "media/r1.webp"
+    (run / "results.json").write_text(json.dumps(_shard([r], "cpu")))
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        out = report_main([run / "results.json"], tmp_path / "rep")
+    finally:
+        os.chdir(cwd)
+    _, page = _parse(out)
+    assert len(page.sections["p0"]["imgs"]) >= 7 and "file not found" not in page.section_text("p0")
+
+
+# --------------------------------------------------------------------------- a real browser
+
+CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (CI: apt-get install chromium)")
+def test_chromium_renders_escaped_text_and_runs_nothing(document, tmp_path):
+    out = write_report(document, tmp_path / "out")
+    profile = tmp_path / "chrome-profile"
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+           "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
+           "--enable-logging=stderr", "--v=0", "--dump-dom", out.resolve().as_uri()]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.skip("chromium did not finish within 120 s")
+    dom = proc.stdout
+    if proc.returncode != 0 or "<html" not in dom:
+        pytest.skip(f"chromium could not run here (rc {proc.returncode}): {proc.stderr[-300:]}")
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in dom
+    assert "<script" not in dom.lower()
+    assert "XSS" not in dom.split("</title>")[0]  # neither payload changed the title
+    parsed = Page()
+    parsed.feed(dom)
+    assert not [a for t, a in parsed.tags if any(k.startswith("on") for k in a)]
+    assert not [a for t, a in parsed.tags if t == "img" and a.get("src") == "x"]
+    assert SCRIPT in " ".join(parsed.text)
+    console = [line for line in proc.stderr.splitlines() if "CONSOLE" in line or "Content Security Policy" in line
+               or "Refused to" in line or "Uncaught" in line]
+    assert not console, console
+
+
+def test_diff_thumbnails_keep_single_pixel_differences():
+    from harness.report import plots
+
+    g = np.zeros((1, 480, 640, 3), dtype=np.uint8)
+    r = g.copy()
+    r[0, 100, 200, 1] = 40  # one channel of one pixel, ≥ 32 levels → saturated colour
+    thumb = next(plots.diff_frames(g, r, 160))
+    assert thumb.shape[0] == 160 and (thumb != plots.lut()[0]).any(axis=-1).sum() >= 1
+    full = plots.diff_heatmap(g[0], r[0])
+    assert (full[100, 200] == plots.lut()[255]).all() and (full[0, 0] == plots.lut()[0]).all()
