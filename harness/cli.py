@@ -56,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--path-map", action="append", default=[], metavar="OLD=NEW")
     imp.add_argument("--force", action="store_true", help="overwrite an existing case")
 
+    rep = sub.add_parser("report", help="write the HTML report from results JSON files (merges shards)")
+    rep.add_argument("paths", nargs="+", type=Path, metavar="RESULTS", help="results.json files or --out folders")
+    rep.add_argument("--out", type=Path, default=Path("parity-out"))
+
     demo = sub.add_parser("demo", help="build a tiny model offline, run the bundled case, write the report")
     demo.add_argument("--out", type=Path, default=Path("parity-out/demo"))
     return parser
@@ -161,13 +165,20 @@ def cmd_import(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from .report import report_main
+
+    print(f"report: {report_main(args.paths, args.out)}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
     return run_demo(args.out)
 
 
-COMMANDS = {"run": cmd_run, "import": cmd_import, "demo": cmd_demo}
+COMMANDS = {"run": cmd_run, "import": cmd_import, "report": cmd_report, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,7 @@ import pytest
 from .errors import HarnessError
 
 _OPTIONS = (
-    ("cases", "case file or folder of case files to collect (default: cases/ under the rootdir)", None),
+    ("cases", "case file or folder of case files to collect (default: cases/ when no paths are given)", None),
     ("device", "auto (default), cuda, cuda:N or cpu", "auto"),
     ("out", "results folder: per-preview results, renders, results.json, report.html", "parity-out"),
     ("json", "also write the results JSON here", None),
@@ -49,10 +49,19 @@ def _setting(config, name: str):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: a parity item or test that needs a CUDA device (`pytest -m gpu`)")
-    cases = _setting(config, "cases")
+    config.addinivalue_line("markers", "xdist_group(name): keep items of one base model/LoRA on one xdist worker")
+    cases = config.getoption("parity_cases") or config.getini("parity_cases")
     if cases:
         config.args.append(str(cases))
+    elif _no_explicit_paths(config) and (config.rootpath / "cases").is_dir():
+        config.args.append(str(config.rootpath / "cases"))
     config._parity = ParitySession(config)
+
+
+def _no_explicit_paths(config) -> bool:
+    """Collect the default cases/ only when the user named no paths (like testpaths)."""
+    source = getattr(config, "args_source", None)
+    return source is not None and source.name == "TESTPATHS"
 
 
 def pytest_collect_file(file_path: Path, parent):

@@ -173,6 +173,10 @@ class Engine:
         from .render.pipeline import render_sample
 
         preview = target.preview
+        if target.threads and self.options.threads is None:  # the case's thread count unless --threads says otherwise
+            import torch
+
+            torch.set_num_threads(target.threads)
         profile, profile_why = choose_profile(target, self.options.profile)
         bundle, notes, merged_map = self._bundle(target, profile)
         sample = preview.sample
@@ -239,7 +243,8 @@ def base_result(target: PreviewTarget) -> dict:
         "key": target.key, "case": p.case, "golden": str(p.golden), "golden_raw": str(p.golden_raw) if p.golden_raw else None,
         "step": p.step, "index": p.index, "label_note": p.label_note or None,
         "seed": s.seed, "prompt": s.prompt, "negative_prompt": s.negative_prompt,
-        "width": s.width, "height": s.height, "num_frames": s.num_frames, "fps": s.fps,
+        "width": s.width, "height": s.height, "width_requested": s.width_requested,
+        "height_requested": s.height_requested, "num_frames_requested": s.num_frames_requested, "num_frames": s.num_frames, "fps": s.fps,
         "guidance_scale": s.guidance_scale, "sample_steps": s.sample_steps,
         "network_multiplier": p.extra.get("multipliers", s.network_multiplier),
         "ctrl_img": s.ctrl_img,
@@ -271,7 +276,7 @@ def run_one(engine: Engine, target: PreviewTarget) -> dict:
     result.update(_comparison_fields(golden.frames, render.frames, raw_golden, target.preview.sample.fps, ext,
                                      target.thresholds))
     approx = approximations(target, profile, engine.device_for(target))
-    result.update(profile=profile.name, profile_exact=profile.exact, approximate=approx or None, notes=notes,
+    result.update(profile=profile.name, profile_exact=profile.exact, profile_settings=profile_settings(profile), approximate=approx or None, notes=notes,
                   trace=[list(t) for t in render.trace], seconds=round(time.perf_counter() - started, 3))
     if result["message"] is None:
         result["message"] = _describe(result)
@@ -283,6 +288,13 @@ def run_one(engine: Engine, target: PreviewTarget) -> dict:
         if engine.options.save_frames:
             result["frames_path"] = str(save_npy_atomic(folder / f"{stem}.npy", render.frames))
     return result
+
+
+def profile_settings(profile) -> dict:
+    """The profile's knobs as data, so a report never has to guess what a profile name meant."""
+    from dataclasses import asdict
+
+    return {k: v for k, v in asdict(profile).items() if k not in ("name", "description")}
 
 
 def _describe(result: dict) -> str:
