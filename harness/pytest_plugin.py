@@ -103,7 +103,20 @@ class ParitySession:
         return self._engine
 
     def device(self) -> str:
-        return str(_setting(self.config, "device") or "auto")
+        """Under pytest-xdist, worker gwN takes the N-th visible GPU (within the caller's CUDA_VISIBLE_DEVICES)."""
+        device = str(_setting(self.config, "device") or "auto")
+        worker = getattr(self.config, "workerinput", {}).get("workerid")
+        if worker is None or device not in ("auto", "cuda"):
+            return device
+        import torch
+
+        if not torch.cuda.is_available():
+            return device
+        index = int(worker.lstrip("gw"))
+        if index >= torch.cuda.device_count():
+            raise pytest.UsageError(f"xdist worker {worker} has no GPU of its own: {torch.cuda.device_count()} visible; "
+                                    f"use -n {torch.cuda.device_count()} or fewer")
+        return f"cuda:{index}"
 
     def skip_reason(self) -> str | None:
         """Parity items need CUDA unless the user asked for the CPU explicitly."""
