@@ -118,9 +118,11 @@ class ParitySession:
                                     f"use -n {torch.cuda.device_count()} or fewer")
         return f"cuda:{index}"
 
-    def skip_reason(self) -> str | None:
-        """Parity items need CUDA unless the user asked for the CPU explicitly."""
+    def skip_reason(self, target) -> str | None:
+        """Items that must render on CUDA skip (with the reason) where none is visible; CPU items always run."""
         device = self.device()
+        if device == "auto" and target.device != "auto":
+            device = target.device
         if device == "cpu":
             return None
         import torch
@@ -165,7 +167,7 @@ class PreviewItem(pytest.Item):
         from .runner import result_file, run_one
 
         session = self.config._parity
-        reason = session.skip_reason()
+        reason = session.skip_reason(self.target)
         if reason:
             pytest.skip(reason)
         if self.target.preview.unreproducible:

@@ -1,0 +1,64 @@
+"""CUDA path (`pytest -m gpu` on a GPU machine): RNG layout, bit-exactness against ai-toolkit's H100 renders.
+
+Skipped without CUDA. Bit-exactness against ../shared/oracle-cuda only holds on the GPU model and stack it was
+rendered on (an H100, torch 2.11 + CUDA 13.0), so those tests skip elsewhere with the reason.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from harness.paths import PathMap
+from harness.runner import Engine, RunOptions
+from harness.targets import from_output_dir
+
+from .oracle_paths import ORACLE_CUDA, PATH_MAP, TINY_MODEL, output_dir
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible")]
+
+
+def test_fresh_cuda_generator_equals_reseeded_global_stream():
+    """ai-toolkit draws the posterior from the global CUDA generator right after torch.manual_seed(seed); we use a
+    fresh generator seeded with the seed so nothing else can draw in between. They must agree."""
+    shape = (1, 16, 3, 8, 12)
+    torch.manual_seed(1234)
+    global_draw = torch.randn(shape, device="cuda", dtype=torch.bfloat16)
+    fresh = torch.randn(shape, generator=torch.Generator("cuda").manual_seed(1234), device="cuda", dtype=torch.float32)
+    assert torch.equal(global_draw, fresh.to(torch.bfloat16))
+
+
+def _cuda_targets(case: str):
+    folder = ORACLE_CUDA / "cases" / case / "output"
+    if not folder.is_dir():
+        return []
+    return from_output_dir(next(folder.iterdir()), PathMap([PATH_MAP]))
+
+
+CUDA_TARGETS = _cuda_targets("cuda_a") + _cuda_targets("cuda_d")
+
+
+@pytest.fixture(scope="module")
+def cuda_engine():
+    return Engine(RunOptions(base_model=str(TINY_MODEL), device="cuda"))
+
+
+@pytest.mark.skipif(not CUDA_TARGETS, reason=f"CUDA oracle not found at {ORACLE_CUDA}")
+@pytest.mark.parametrize("target", CUDA_TARGETS, ids=[t.key for t in CUDA_TARGETS])
+def test_cuda_oracle_bit_exact(cuda_engine, target):
+    if "H100" not in torch.cuda.get_device_name():
+        pytest.skip(f"the CUDA oracle was rendered on an H100; this is a {torch.cuda.get_device_name()}")
+    render, _, _ = cuda_engine.render(target)
+    raw = np.load(target.preview.golden_raw)
+    differing = int((render.frames != raw).any(axis=-1).sum())
+    assert differing == 0, f"{differing} pixels differ (max {np.abs(render.frames.astype(int) - raw).max()} levels)"
+
+
+def test_cuda_render_is_deterministic(cuda_engine):
+    if not CUDA_TARGETS:
+        pytest.skip(f"CUDA oracle not found at {ORACLE_CUDA}")
+    target = CUDA_TARGETS[-1]
+    first, _, _ = cuda_engine.render(target)
+    second, _, _ = cuda_engine.render(target)
+    assert np.array_equal(first.frames, second.frames)
