@@ -176,8 +176,6 @@ def test_lokr_dora_loha_are_refused(tmp_path, extra):
         read_lora_file(_write(tmp_path / "special.safetensors", tensors))
 
 
-@pytest.mark.xfail(strict=True, reason="harness bug (lora.py:50): the refusal lists the key's second-to-last dotted "
-                   "component ('q') instead of the offending weight name ('lokr_w1', 'dora_scale')")
 @pytest.mark.parametrize("weight", ["lokr_w1", "dora_scale"])
 def test_special_weight_refusal_names_the_weight(tmp_path, weight):
     tensors = {**_file_tensors({"self_attn.q": _layer(0)}),

@@ -300,8 +300,6 @@ def test_profile_for_aitk_version(version, expected):
     assert version in why
 
 
-@pytest.mark.xfail(strict=True, reason="harness bug: _version_tuple concatenates every digit of a piece, so "
-                   "'0.9.2rc1' parses as (0, 9, 21) >= (0, 9, 3) and picks aitk-euler")
 @pytest.mark.parametrize("version, expected", [("0.9.2rc1", "aitk-unipc"), ("0.7.2rc5", "aitk-unipc-old")])
 def test_profile_for_prerelease_versions(version, expected):
     assert profile_for_aitk_version(version)[0].name == expected

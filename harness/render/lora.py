@@ -47,7 +47,7 @@ def _refuse_unusual_keys(path: Path, keys: list[str]) -> None:
         raise HarnessError(path, "keys", "a combined Wan 2.2 LoRA (transformer_1/transformer_2 prefixes, saved with "
                            "split_multistage_loras: false); split it into _high_noise (transformer_1) and _low_noise "
                            "(transformer_2) files with the prefix removed")
-    special = sorted({k.rsplit(".", 1)[0].rsplit(".", 1)[-1] for k in keys if re.search(r"lokr_|hada_|\.dora_scale|magnitude", k)})
+    special = sorted({m.group(0) for k in keys for m in [re.search(r"(lokr_\w+|hada_\w+|dora_scale|\w*magnitude\w*)", k)] if m})
     if special:
         raise HarnessError(path, "keys", f"LoKr/LoHa/DoRA weights ({', '.join(special)}) are not supported; ai-toolkit's "
                            "Wan 2.2 previews use plain LoRA")

@@ -6,6 +6,7 @@ time. Only the ``aitk-*`` profiles claim exactness; the others reproduce what ot
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 
 from ..errors import HarnessError
@@ -67,8 +68,8 @@ def get_profile(name: str, source: str = "--profile") -> SamplerProfile:
 def _version_tuple(version: str) -> tuple[int, ...]:
     parts = []
     for piece in version.strip().lstrip("v").split("."):
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        parts.append(int(digits) if digits else 0)
+        leading = re.match(r"\d*", piece).group(0)  # "2rc1" -> 2: a pre-release belongs to its own release
+        parts.append(int(leading) if leading else 0)
     return tuple(parts)
 
 

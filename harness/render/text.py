@@ -49,10 +49,12 @@ class PromptCache:
     """Embeddings per (prompt, encoder identity): a suite encodes each distinct prompt once."""
 
     def __init__(self):
-        self._cache: dict[tuple[str, int, str], torch.Tensor] = {}
+        self._cache: dict[tuple[str, int, str], tuple[object, torch.Tensor]] = {}
 
     def get(self, tokenizer, text_encoder, prompt: str, device) -> torch.Tensor:
         key = (prompt, id(text_encoder), str(device))
-        if key not in self._cache:
-            self._cache[key] = encode_prompt(tokenizer, text_encoder, prompt, device)
-        return self._cache[key]
+        cached = self._cache.get(key)
+        if cached is None or cached[0] is not text_encoder:  # holding the encoder keeps its id from being reused
+            cached = (text_encoder, encode_prompt(tokenizer, text_encoder, prompt, device))
+            self._cache[key] = cached
+        return cached[1]
