@@ -89,6 +89,14 @@ class Case:
         """The golden folder on this machine."""
         return _under(self.base, self.golden_dir)
 
+    def checked_golden_path(self) -> Path:
+        """The golden folder, or an error naming this case file's ``golden_dir`` when it is not one."""
+        golden = self.golden_path()
+        if not is_aitk_output_dir(golden):
+            raise HarnessError(self.path, "golden_dir", f"{golden} is not a golden folder (needs config.yaml and samples/); "
+                                                     "re-import the output folder")
+        return golden
+
     def combined_map(self, cli_map: PathMap | Iterable[str] | None = None) -> PathMap:
         """This case's path map with the CLI's --path-map on top (the command line wins for the same OLD)."""
         local = {old: str(_under(self.base, new)) for old, new in self.path_map.items()}  # NEW relative to the case
@@ -110,10 +118,7 @@ class Case:
 
     def preview_jobs(self, path_map: PathMap | Iterable[str] | None = None) -> list[PreviewJob]:
         """Discover the golden previews, pair them with the referenced LoRAs and the copied control images."""
-        golden = self.golden_path()
-        if not is_aitk_output_dir(golden):
-            raise HarnessError(self.path, "golden_dir", f"{golden} is not a golden folder (needs config.yaml and samples/); "
-                                                     "re-import the output folder")
+        golden = self.checked_golden_path()
         pmap = self.combined_map(path_map)
         loras = self.lora_path(path_map)
         if not loras.is_dir():
@@ -379,9 +384,15 @@ def is_case_file(path: str | Path) -> bool:
     if p.suffix.lower() not in CASE_SUFFIXES or not p.is_file():
         return False
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError, OSError):
+        text = p.read_text(encoding="utf-8")
+    except (UnicodeDecodeError, OSError):
         return False
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        # A case file with a syntax error is still a case file: collecting it reports the error instead of
+        # silently dropping the case from a nightly run.
+        return "wan-parity/case@" in text
     return isinstance(data, dict) and str(data.get("schema", "")).startswith("wan-parity/case@")
 
 

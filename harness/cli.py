@@ -29,6 +29,9 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     parser.add_argument("--threads", type=int, help="CPU threads (CPU results depend on it; default 2 on CPU)")
     parser.add_argument("--profile", help="sampler profile: auto, aitk-euler, aitk-unipc, aitk-unipc-old, runcomfy, diffusers-stock")
+    parser.add_argument("--offload", default="none", choices=("none", "experts", "sequential"),
+                        help="memory mode, identical numerics: none (all on GPU), experts (active expert only; 80 GB "
+                             "for A14B), sequential (block by block; 24 GB cards)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,7 +76,7 @@ def cmd_run(args) -> int:
 
     options = RunOptions(base_model=args.base_model, vae=args.vae, path_map=PathMap(args.path_map), device=args.device,
                          out=args.out, save_frames=args.save_frames, threads=args.threads, profile=args.profile,
-                         resume=args.resume)
+                         resume=args.resume, offload=args.offload)
     if args.profile and args.profile != "auto":
         from .render.profiles import get_profile
 

@@ -217,3 +217,37 @@ def codec_info() -> dict[str, str | None]:
         "libwebp": features.version("webp"),
         "libjpeg": features.version("jpg"),
     }
+
+
+# --------------------------------------------------------------------------- golden sanity
+
+
+def check_preview_golden(clip: Clip, preview, config_file=None) -> None:
+    """An ai-toolkit preview has the sample's snapped frame count and size and plays at ``1000 // fps`` ms a frame.
+
+    Anything else means the golden is not the preview this config rendered (a still image, another job's file, a
+    re-encode), so it is reported before minutes of rendering rather than as drift afterwards. Only previews found
+    in an ai-toolkit output folder are checked (``preview.extra['round']``); other sources have their own rules.
+    """
+    if not preview.extra.get("round"):
+        return
+    s = preview.sample
+    where = f"sample {s.index} of {config_file}" if config_file else f"sample {s.index}"
+    hint = "the config does not belong to this preview (wrong config.yaml, or the file was replaced)"
+    frames, height, width = clip.frames.shape[0], clip.frames.shape[1], clip.frames.shape[2]
+    if frames != s.num_frames:
+        still = " (not animated)" if frames == 1 else ""
+        raise HarnessError(clip.source or preview.golden, "frames",
+                           f"has {frames} frame(s){still} but {where} renders {s.num_frames} (num_frames "
+                           f"{s.num_frames_requested} snapped to 4k+1); {hint}")
+    if (width, height) != (s.width, s.height):
+        raise HarnessError(clip.source or preview.golden, "size",
+                           f"is {width}x{height} but {where} renders {s.width}x{s.height} (requested "
+                           f"{s.width_requested}x{s.height_requested}, snapped to /16); {hint}")
+    if clip.durations_ms and s.fps:
+        expected = 1000 // s.fps
+        odd = sorted({d for d in clip.durations_ms if d != expected})
+        if odd:
+            raise HarnessError(clip.source or preview.golden, "fps",
+                               f"frames last {', '.join(map(str, odd))} ms but ai-toolkit writes {expected} ms for "
+                               f"fps {s.fps} ({where}); {hint}")

@@ -27,6 +27,7 @@ _OPTIONS = (
     ("profile", "sampler profile override (auto, aitk-euler, aitk-unipc, aitk-unipc-old, runcomfy, diffusers-stock)", None),
     ("base-model", "local diffusers Wan 2.2 I2V folder for every case", None),
     ("threads", "CPU threads (CPU results depend on it; default 2 on CPU)", None),
+    ("offload", "memory mode with identical numerics: none, experts, sequential", "none"),
 )
 
 
@@ -97,7 +98,8 @@ class ParitySession:
             threads = _setting(self.config, "threads")
             options = RunOptions(base_model=_setting(self.config, "base_model"), path_map=self.path_map(),
                                  device=self.device(), out=self.out, profile=_setting(self.config, "profile"),
-                                 threads=int(threads) if threads else None)
+                                 threads=int(threads) if threads else None,
+                                 offload=str(_setting(self.config, "offload") or "none"))
             self._engine = Engine(options)
             self.environment = self._engine.environment()
         return self._engine

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -58,6 +59,7 @@ class RunOptions:
     threads: int | None = None
     profile: str | None = None  # overrides the case's profile
     resume: bool = False
+    offload: str = "none"  # none | experts | sequential (identical numerics)
 
 
 def resolve_device(name: str) -> str:
@@ -65,10 +67,15 @@ def resolve_device(name: str) -> str:
 
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise HarnessError(None, "--device", f"{name} requested but no CUDA device is visible; use --device cpu")
-    if name != "cpu" and not name.startswith("cuda"):
+    if name != "cpu" and name != "cuda" and not re.fullmatch(r"cuda:\d+", name):
         raise HarnessError(None, "--device", f"unknown device {name!r}; use cpu, cuda, cuda:N or auto")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise HarnessError(None, "--device", f"{name} requested but no CUDA device is visible (torch "
+                           f"{torch.__version__}, CUDA build {torch.version.cuda or 'none'}); use --device cpu, or "
+                           "check CUDA_VISIBLE_DEVICES and the driver")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise HarnessError(None, "--device", f"{name} requested but only {torch.cuda.device_count()} CUDA device(s) "
+                           "are visible; use cuda:0 .. cuda:N-1")
     return name
 
 
@@ -164,6 +171,7 @@ class Engine:
         else:
             vae, vae_note = resolve_vae(base)
         bundle = self.models.get(base, vae, self.device_for(target), cast_whole_bf16=profile.cast_whole_bf16)
+        bundle.set_offload(self.options.offload)
         return bundle, [n for n in (base_note, vae_note) if n], merged_map
 
     def render(self, target: PreviewTarget):
@@ -194,7 +202,8 @@ class Engine:
                 if path is not None:
                     paths[side], layers[side] = Path(path), self._lora_layers(Path(path))
         multiplier = preview.extra.get("multipliers", sample.network_multiplier)
-        with lora_mod.applied(paths, layers, bundle.experts, multiplier, merged=preview.merged):
+        with lora_mod.applied(paths, layers, bundle.experts, multiplier, merged=preview.merged,
+                              compute_device=bundle.device):
             result = render_sample(bundle, sample, image, profile, self.prompts, progress=self.progress,
                                    rng_layout=_rng_layout(target, bundle.device))
         return result, profile, notes
@@ -258,7 +267,7 @@ def base_result(target: PreviewTarget) -> dict:
 
 def run_one(engine: Engine, target: PreviewTarget) -> dict:
     """Render, compare and (with --out) write one preview; user-facing problems become an ``error`` result."""
-    from .media import read_frames, write_like_aitk, save_npy_atomic
+    from .media import check_preview_golden, read_frames, write_like_aitk, save_npy_atomic
 
     result = base_result(target)
     if target.preview.unreproducible:
@@ -267,10 +276,17 @@ def run_one(engine: Engine, target: PreviewTarget) -> dict:
     started = time.perf_counter()
     try:
         golden = read_frames(target.preview.golden)
-        raw_golden = np.load(target.preview.golden_raw) if target.preview.golden_raw else None
+        check_preview_golden(golden, target.preview, target.config_file)
+        raw_golden = read_frames(target.preview.golden_raw).frames if target.preview.golden_raw else None
         render, profile, notes = engine.render(target)
     except HarnessError as exc:
-        result.update(status="error", message=exc.line())
+        result.update(status="error", message=_error_line(exc, target))
+        return result
+    except (MemoryError, RuntimeError) as exc:  # torch.OutOfMemoryError is a RuntimeError
+        error = _out_of_memory(exc, target, engine)
+        if error is None:
+            raise
+        result.update(status="error", message=error.line())
         return result
     ext = Path(target.preview.golden).suffix.lstrip(".").lower() or "webp"
     result.update(_comparison_fields(golden.frames, render.frames, raw_golden, target.preview.sample.fps, ext,
@@ -288,6 +304,33 @@ def run_one(engine: Engine, target: PreviewTarget) -> dict:
         if engine.options.save_frames:
             result["frames_path"] = str(save_npy_atomic(folder / f"{stem}.npy", render.frames))
     return result
+
+
+def _error_line(exc: HarnessError, target: PreviewTarget) -> str:
+    """The one-line message of an error result; a NaN/Inf render names the LoRA file of the expert it came from."""
+    if type(exc).__name__ == "NonFiniteError":
+        lora = target.preview.lora
+        expert = "high" if "high-noise" in exc.message else "low" if "low-noise" in exc.message else None
+        path = getattr(lora, expert) if lora is not None and expert else None
+        return HarnessError(path or target.config_file, f"{target.key}: {exc.field}", exc.message).line()
+    return exc.line()
+
+
+def _out_of_memory(exc: BaseException, target: PreviewTarget, engine: Engine) -> HarnessError | None:
+    """A HarnessError for running out of GPU or CPU memory (with the knob to turn), or None for any other error."""
+    import torch
+
+    s = target.preview.sample
+    size = f"{s.width}x{s.height}, {s.num_frames} frames"
+    if isinstance(exc, torch.OutOfMemoryError):
+        torch.cuda.empty_cache()
+        mode = getattr(engine.options, "offload", "none")
+        return HarnessError(None, "--offload", f"CUDA out of memory rendering {target.key} ({size}) with --offload "
+                            f"{mode}; try --offload experts (or sequential on cards < 32 GB)")
+    if isinstance(exc, MemoryError):
+        return HarnessError(None, "--device", f"out of CPU memory rendering {target.key} ({size}); render on a "
+                            "machine with more RAM or on CUDA (--device cuda)")
+    return None
 
 
 def profile_settings(profile) -> dict:

@@ -39,7 +39,7 @@ def from_case(case_file: Path, path_map: PathMap | None = None) -> list[PreviewT
     from .metrics import Thresholds
 
     case = load_case(case_file)
-    config = case.golden_path() / "config.yaml"
+    config = case.checked_golden_path() / "config.yaml"
     job = load_job(config)
     combined = case.combined_map(path_map)
     thresholds = Thresholds(**case.tolerances) if case.tolerances else None

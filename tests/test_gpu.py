@@ -62,3 +62,22 @@ def test_cuda_render_is_deterministic(cuda_engine):
     first, _, _ = cuda_engine.render(target)
     second, _, _ = cuda_engine.render(target)
     assert np.array_equal(first.frames, second.frames)
+
+
+def _pick(case_suffix: str, step: int):
+    return next(t for t in CUDA_TARGETS if t.preview.case.endswith(case_suffix) and t.preview.step == step)
+
+
+@pytest.mark.skipif(not CUDA_TARGETS, reason=f"CUDA oracle not found at {ORACLE_CUDA}")
+@pytest.mark.parametrize("mode", ["experts", "sequential"])
+def test_offload_modes_give_identical_bytes(cuda_engine, mode):
+    """Memory modes only change where weights wait: the unmerged and the merged LoRA path give the same bytes."""
+    for target in (_pick("cuda_a", 2), _pick("cuda_d", 2)):
+        cuda_engine.options.offload = "none"
+        resident, _, _ = cuda_engine.render(target)
+        cuda_engine.options.offload = mode
+        try:
+            offloaded, _, _ = cuda_engine.render(target)
+        finally:
+            cuda_engine.options.offload = "none"
+        assert np.array_equal(resident.frames, offloaded.frames), f"{mode} changed {target.key}"

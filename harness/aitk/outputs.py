@@ -20,6 +20,7 @@ from harness.spec import LoraPair, PreviewJob, SampleSpec
 
 PREVIEW_RE = re.compile(r"^(?P<time>\d+)__(?P<step>\d{9,})_(?P<index>\d+)\.(?P<ext>webp|jpg|jpeg|png)$", re.I)
 SIDES = ("high", "low")
+PICKLE_SUFFIXES = {".pt", ".pth", ".ckpt", ".bin", ".pkl"}  # never opened: unpickling runs code
 
 
 @dataclass(frozen=True)
@@ -184,8 +185,11 @@ def _missing_reason(out: Path, job: AitkJob, step: int) -> str:
         return (f"no checkpoint was saved for step {step} ({P0}.save.save_every={save_every}), "
                 "so the LoRA this preview used was never written")
     if (out / f"{job.name}_{step:09d}.safetensors").is_file():
-        return (f"the checkpoint for step {step} is one combined file (network.split_multistage_loras: false); "
-                "the renderer loads split high/low-noise files only")
+        return (f"the checkpoint for step {step} is one combined file {job.name}_{step:09d}.safetensors "
+                "(network.split_multistage_loras: false); split it into "
+                f"{job.name}_{step:09d}_high_noise.safetensors (the transformer_1.* keys) and "
+                f"{job.name}_{step:09d}_low_noise.safetensors (the transformer_2.* keys), with that prefix removed "
+                "from each key, next to it")
     keep = job.save.get("max_step_saves_to_keep")
     keep_txt = f"={keep}" if keep is not None else ""
     return (f"checkpoint for step {step} was deleted (max_step_saves_to_keep{keep_txt} keeps only the newest "
@@ -195,6 +199,9 @@ def _missing_reason(out: Path, job: AitkJob, step: int) -> str:
 def lora_metadata(path: str | Path) -> dict[str, str]:
     """The ``__metadata__`` of a safetensors file, read from its JSON header without loading tensors."""
     path = Path(path)
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise HarnessError(path, None, "pickle checkpoints are refused (loading one can execute code); "
+                                       "convert it to .safetensors")
     try:
         with path.open("rb") as fh:
             head = fh.read(8)
@@ -206,7 +213,9 @@ def lora_metadata(path: str | Path) -> dict[str, str]:
             header = json.loads(fh.read(size).decode("utf-8"))
     except FileNotFoundError:
         raise HarnessError(path, None, "LoRA file not found") from None
-    except (ValueError, UnicodeDecodeError) as exc:
+    except IsADirectoryError:
+        raise HarnessError(path, None, "is a folder, not a LoRA file; give the .safetensors file") from None
+    except (ValueError, UnicodeDecodeError, OSError) as exc:
         raise HarnessError(path, None, f"not a safetensors file ({exc}); give the .safetensors LoRA ai-toolkit saved") from None
     meta = header.get("__metadata__") if isinstance(header, dict) else None
     return dict(meta) if isinstance(meta, dict) else {}

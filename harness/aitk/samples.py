@@ -7,6 +7,7 @@ reproduce the preview it rendered, not what the user meant.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from harness.aitk.job import P0, AitkJob
@@ -132,7 +133,14 @@ def _expand_item(job: AitkJob, block: dict, item: dict, where: str, index: int, 
     }
     prompt, flagged = _apply_flags(job, prompt, s, where)
     _validate(job, s, _sources(where, item, block, flagged))
-    return _finish(prompt, prompt_config, s, index)
+    return _finish(prompt, prompt_config, s, index, where, _neg_source(where, item, block))
+
+
+def _neg_source(where: str, item: dict, block: dict) -> str:
+    """The config field the negative prompt came from (the item's, else the block's, where an unset neg belongs)."""
+    if "neg" in item:
+        return f"{where}.neg"
+    return f"{where.rsplit('.', 1)[0]}.neg"
 
 
 def _inject_trigger(prompt: str, trigger: str | None) -> str:
@@ -189,8 +197,8 @@ def _validate(job: AitkJob, s: dict, fields: dict) -> None:
     for key in ("width", "height", "num_frames", "sample_steps", "fps"):
         s[key] = _whole(job, s[key], fields[key], allow_negative=False)
     g = s["guidance_scale"]
-    if isinstance(g, bool) or not isinstance(g, (int, float)):
-        raise HarnessError(job.path, fields["guidance_scale"], f"must be a number, got {g!r}")
+    if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g):
+        raise HarnessError(job.path, fields["guidance_scale"], f"must be a finite number, got {g!r}")
     s["guidance_scale"] = float(g)
 
 
@@ -214,20 +222,21 @@ def _snap_frames(n: int) -> int:
     return max(1, ((n - 1) // 4) * 4 + 1)
 
 
-def _unreproducible(s: dict) -> str | None:
-    """Previews whose inputs ai-toolkit could not have used deterministically (or at all)."""
+def _unreproducible(s: dict, where: str = "sample", neg_field: str = "neg") -> str | None:
+    """Previews whose inputs ai-toolkit could not have used deterministically (or at all), naming the fields."""
     reasons = []
     if not isinstance(s["negative_prompt"], str):
-        reasons.append(f"the negative prompt is {s['negative_prompt']!r} (neg unset): ai-toolkit's Wan "
-                       "text encoder crashes on it; set `neg: \"\"`")
+        reasons.append(f"the negative prompt is {s['negative_prompt']!r} ({neg_field} unset or not text): ai-toolkit's "
+                       "Wan text encoder crashes on it; set `neg: \"\"`")
     if s["seed"] == -1:
-        reasons.append("the seed is -1, so ai-toolkit drew a random seed that it did not record")
+        reasons.append(f"the seed of {where} is -1, so ai-toolkit drew a random seed that it did not record")
     if not s["ctrl_img"]:
-        reasons.append("the sample has no ctrl_img and ai-toolkit cannot render I2V without one")
+        reasons.append(f"{where} has no ctrl_img and ai-toolkit cannot render I2V without one")
     return UNREPRODUCIBLE + "; ".join(reasons) if reasons else None
 
 
-def _finish(prompt: str, prompt_config: str, s: dict, index: int) -> SampleSpec:
+def _finish(prompt: str, prompt_config: str, s: dict, index: int, where: str = "sample",
+            neg_field: str = "neg") -> SampleSpec:
     """Apply the snapping ai-toolkit applies after flag parsing and freeze the result."""
     neg = s["negative_prompt"]
     return SampleSpec(
@@ -247,5 +256,5 @@ def _finish(prompt: str, prompt_config: str, s: dict, index: int) -> SampleSpec:
         height_requested=s["height"],
         num_frames_requested=s["num_frames"],
         prompt_config=prompt_config,
-        unreproducible=_unreproducible(s),
+        unreproducible=_unreproducible(s, where, neg_field),
     )

@@ -13,11 +13,37 @@ from PIL import Image
 BF16 = torch.bfloat16
 
 
-def load_control_image(path, width: int, height: int) -> Image.Image:
-    """``open -> convert('RGB') -> LANCZOS stretch`` (no EXIF transpose, no aspect-preserving crop)."""
-    with Image.open(path) as img:
-        rgb = img.convert("RGB")
-    return rgb.resize((width, height), Image.LANCZOS)
+RESIZE_MODES = ("stretch", "center-crop")
+
+
+def load_control_image(path, width: int, height: int, resize: str = "stretch") -> Image.Image:
+    """``open -> convert('RGB') -> LANCZOS stretch`` (no EXIF transpose, no aspect-preserving crop).
+
+    ``resize="center-crop"`` is not ai-toolkit's rule: it is what many UIs do (crop the centre to the target aspect,
+    then LANCZOS), for the diagnosis to test against.
+    """
+    try:
+        with Image.open(path) as img:
+            rgb = img.convert("RGB")
+    except (SyntaxError, EOFError, Image.DecompressionBombError) as exc:  # Pillow's non-OSError decode failures
+        raise OSError(f"cannot decode image: {exc}") from None
+    if resize == "stretch":
+        return rgb.resize((width, height), Image.LANCZOS)
+    if resize == "center-crop":
+        return rgb.resize((width, height), Image.LANCZOS, box=center_crop_box(rgb.size, width, height))
+    raise ValueError(f"unknown resize mode {resize!r}; choose one of {', '.join(RESIZE_MODES)}")
+
+
+def center_crop_box(size: tuple[int, int], width: int, height: int) -> tuple[int, int, int, int]:
+    """The largest centred box of ``size`` with the aspect ratio ``width:height`` (whole pixels)."""
+    src_w, src_h = size
+    if src_w * height > src_h * width:  # source is wider: crop the sides
+        crop_w = max(1, round(src_h * width / height))
+        left = (src_w - crop_w) // 2
+        return left, 0, left + crop_w, src_h
+    crop_h = max(1, round(src_w * height / width))
+    top = (src_h - crop_h) // 2
+    return 0, top, src_w, top + crop_h
 
 
 def image_to_tensor(image: Image.Image, device) -> torch.Tensor:

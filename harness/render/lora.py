@@ -108,11 +108,17 @@ def check_targets(path: Path, layers: dict[str, LoraLayer], transformer: torch.n
 
 
 def _unmerged_hook(layer: LoraLayer, multiplier: torch.Tensor):
+    on_device: dict = {}  # the fp32 A/B (and m) per device, so offloaded layers follow their inputs
+
     def hook(module, inputs, output):
         x = inputs[0].to(torch.float32)
-        delta = torch.nn.functional.linear(torch.nn.functional.linear(x, layer.down), layer.up)
-        delta = delta * _UNIT_SCALE.to(delta.device)
-        delta = delta * multiplier.to(delta.device)
+        if x.device not in on_device:
+            on_device[x.device] = (layer.down.to(x.device), layer.up.to(x.device), multiplier.to(x.device),
+                                   _UNIT_SCALE.to(x.device))
+        down, up, m, unit = on_device[x.device]
+        delta = torch.nn.functional.linear(torch.nn.functional.linear(x, down), up)
+        delta = delta * unit
+        delta = delta * m
         return output + delta.to(output.dtype)
 
     return hook
@@ -121,14 +127,20 @@ def _unmerged_hook(layer: LoraLayer, multiplier: torch.Tensor):
 _UNIT_SCALE = torch.tensor(1.0)  # ai-toolkit's runtime scale: alpha is forced to the rank, so always 1
 
 
-def merged_weight(weight: torch.Tensor, layer: LoraLayer, multiplier: float) -> torch.Tensor:
-    """``bf16(W.float() + m * (B @ A))``: the merge ai-toolkit does before a sampling round."""
-    delta = layer.up @ layer.down
-    return (weight.float() + delta * multiplier).to(weight.dtype)
+def merged_weight(weight: torch.Tensor, layer: LoraLayer, multiplier: float, device=None) -> torch.Tensor:
+    """``bf16(W.float() + m * (B @ A))``: the merge ai-toolkit does before a sampling round.
+
+    Computed on ``device`` (the compute device, as ai-toolkit merges on its training device) and returned on the
+    weight's own device, so an offloaded expert merges to the same bits as a resident one.
+    """
+    device = device or weight.device
+    delta = layer.up.to(device) @ layer.down.to(device)
+    return (weight.to(device).float() + delta * multiplier).to(weight.dtype).to(weight.device)
 
 
 @contextmanager
-def applied(path_by_expert: dict, layers_by_expert: dict, transformers: dict, multiplier: float, merged: bool):
+def applied(path_by_expert: dict, layers_by_expert: dict, transformers: dict, multiplier: float, merged: bool,
+            compute_device=None):
     """Apply one LoRA per expert for the duration of a render, then leave the base weights bit-identical.
 
     ``layers_by_expert``/``transformers`` map 'high'/'low' to parsed layers and modules; ``multiplier`` may also be a
@@ -144,13 +156,11 @@ def applied(path_by_expert: dict, layers_by_expert: dict, transformers: dict, mu
             targets = check_targets(path_by_expert[expert], layers, transformers[expert])
             for name, layer in layers.items():
                 linear = targets[name]
-                device = linear.weight.device
-                layer = LoraLayer(down=layer.down.to(device), up=layer.up.to(device))
                 if merged:
                     if not (layer.up.any() and layer.down.any()):
                         continue
                     saved.append((linear, linear.weight.data))
-                    linear.weight.data = merged_weight(linear.weight.data, layer, m)
+                    linear.weight.data = merged_weight(linear.weight.data, layer, m, compute_device)
                 else:
                     m_tensor = torch.tensor([m], dtype=torch.float32)
                     handles.append(linear.register_forward_hook(_unmerged_hook(layer, m_tensor)))
@@ -158,5 +168,5 @@ def applied(path_by_expert: dict, layers_by_expert: dict, transformers: dict, mu
     finally:
         for handle in handles:
             handle.remove()
-        for linear, original in saved:
-            linear.weight.data = original
+        for linear, original in saved:  # the module may have moved since (offloading): restore where it is now
+            linear.weight.data = original.to(linear.weight.device)

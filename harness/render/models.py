@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from ..errors import HarnessError
+from .offload import HOST, OFFLOAD_MODES, BlockStreamer
 
 BF16 = torch.bfloat16
 
 
 @dataclass
 class ModelBundle:
-    """Both experts, the VAE, the UMT5 encoder and its tokenizer, all on one device."""
+    """Both experts, the VAE, the UMT5 encoder and its tokenizer; ``device`` is where every kernel runs.
+
+    With an offload mode (``set_offload``) weights wait on the host between uses; the numerics do not change.
+    """
 
     base_dir: Path
     vae_dir: Path
@@ -26,9 +31,54 @@ class ModelBundle:
     tokenizer: object
     cast_whole_bf16: bool
     notes: list[str] = field(default_factory=list)
+    offload: str = "none"
+    _streamers: list = field(default_factory=list, repr=False)
 
     def expert(self, which: str) -> torch.nn.Module:
-        return self.transformer if which == "high" else self.transformer_2
+        """The expert for a step, made resident first under ``--offload experts``."""
+        model = self.transformer if which == "high" else self.transformer_2
+        if self.offload == "experts":
+            other = self.transformer_2 if which == "high" else self.transformer
+            other.to(HOST)
+            model.to(self.device)
+        return model
+
+    @contextmanager
+    def encoding(self):
+        """The text encoder visits the compute device only while encoding under ``--offload experts``."""
+        if self.offload != "experts":
+            yield
+            return
+        for expert in (self.transformer, self.transformer_2):
+            expert.to(HOST)
+        self.text_encoder.to(self.device)
+        try:
+            yield
+        finally:
+            self.text_encoder.to(HOST)
+
+    def set_offload(self, mode: str) -> None:
+        """Switch memory mode in place (weights move, nothing reloads)."""
+        if mode not in OFFLOAD_MODES:
+            raise HarnessError(None, "--offload", f"unknown mode {mode!r}; choose one of {', '.join(OFFLOAD_MODES)}")
+        if self.device.type == "cpu":
+            mode = "none"  # nothing to save on the host itself
+        if mode == self.offload:
+            return
+        for streamer in self._streamers:
+            streamer.remove()
+        self._streamers.clear()
+        modules = (self.transformer, self.transformer_2, self.text_encoder)
+        if mode == "none":
+            for module in modules:
+                module.to(self.device)
+        elif mode == "experts":
+            for module in modules:
+                module.to(HOST)
+        else:
+            self._streamers = [BlockStreamer(module, self.device) for module in modules]
+        self.vae.to(self.device)
+        self.offload = mode
 
     @property
     def experts(self) -> dict[str, torch.nn.Module]:
@@ -65,7 +115,8 @@ def load_transformer(base_dir: Path, subfolder: str, device, cast_whole_bf16: bo
     return model.to(device).eval().requires_grad_(False)
 
 
-def load_bundle(base_dir: Path, vae_dir: Path, device, cast_whole_bf16: bool = True) -> ModelBundle:
+def load_bundle(base_dir: Path, vae_dir: Path, device, cast_whole_bf16: bool = True, quantization=None) -> ModelBundle:
+    """``quantization``: a ``quant.QuantPlan`` (ai-toolkit's quantized sampling model, PARITY §9) or None for bf16."""
     from diffusers import AutoencoderKLWan
     from transformers import UMT5EncoderModel
 
@@ -80,8 +131,13 @@ def load_bundle(base_dir: Path, vae_dir: Path, device, cast_whole_bf16: bool = T
         vae = AutoencoderKLWan.from_pretrained(str(vae_dir), torch_dtype=BF16, use_safetensors=True).to(device, BF16).eval()
         text_encoder = UMT5EncoderModel.from_pretrained(str(base_dir / "text_encoder"), torch_dtype=BF16, use_safetensors=True)
         text_encoder = text_encoder.to(device, BF16).eval()
-    return ModelBundle(base_dir, vae_dir, device, transformer, transformer_2, vae, text_encoder,
-                       load_tokenizer(base_dir / "tokenizer"), cast_whole_bf16)
+    bundle = ModelBundle(base_dir, vae_dir, device, transformer, transformer_2, vae, text_encoder,
+                         load_tokenizer(base_dir / "tokenizer"), cast_whole_bf16)
+    if quantization is not None:
+        from .quant import apply_plan
+
+        apply_plan(bundle, quantization)
+    return bundle
 
 
 class ModelCache:
@@ -90,10 +146,11 @@ class ModelCache:
     def __init__(self):
         self._bundles: dict[tuple, ModelBundle] = {}
 
-    def get(self, base_dir: Path, vae_dir: Path, device, cast_whole_bf16: bool = True) -> ModelBundle:
-        key = (str(Path(base_dir).resolve()), str(Path(vae_dir).resolve()), str(torch.device(device)), cast_whole_bf16)
+    def get(self, base_dir: Path, vae_dir: Path, device, cast_whole_bf16: bool = True, quantization=None) -> ModelBundle:
+        key = (str(Path(base_dir).resolve()), str(Path(vae_dir).resolve()), str(torch.device(device)), cast_whole_bf16,
+               quantization)
         if key not in self._bundles:
-            self._bundles[key] = load_bundle(base_dir, vae_dir, device, cast_whole_bf16)
+            self._bundles[key] = load_bundle(base_dir, vae_dir, device, cast_whole_bf16, quantization=quantization)
         return self._bundles[key]
 
     def clear(self) -> None:

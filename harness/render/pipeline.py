@@ -84,10 +84,11 @@ def render_sample(bundle: ModelBundle, sample: SampleSpec, control_image, profil
     """
     prompts = prompts or PromptCache()
     device = bundle.device
-    cond_embeds = prompts.get(bundle.tokenizer, bundle.text_encoder, sample.prompt, device)
-    uncond_embeds = None
-    if sample.guidance_scale > 1.0:
-        uncond_embeds = prompts.get(bundle.tokenizer, bundle.text_encoder, sample.negative_prompt, device)
+    with bundle.encoding():
+        cond_embeds = prompts.get(bundle.tokenizer, bundle.text_encoder, sample.prompt, device)
+        uncond_embeds = None
+        if sample.guidance_scale > 1.0:
+            uncond_embeds = prompts.get(bundle.tokenizer, bundle.text_encoder, sample.negative_prompt, device)
 
     rng = PreviewRng(sample.seed, vae_device=device, layout=rng_layout)
     shape = latent_shape(sample.num_frames, sample.height, sample.width)

@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import HarnessError
 from ..fsutil import write_atomic, write_json_atomic, write_text_atomic
+from . import baseline as baseline_mod
 from . import plots
 from .knobs import STACKS, config_diff, profile_info, summarize_trace
 
@@ -198,6 +199,7 @@ class Section:
     approximate: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     profile_line: str = ""
+    regression: dict | None = None
 
 
 def _metrics_rows(r: dict) -> list[dict]:
@@ -259,6 +261,7 @@ def build_section(index: int, r: dict, environment: dict, assets: Assets, search
     sec = Section(id=f"p{index}", index=index, result=r, status=str(status), status_class=status_class(status),
                   key=str(r.get("key") or f"(result {index})"), message=fmt_value(r.get("message")) if r.get("message") else "")
     sec.settings = _settings(r)
+    sec.regression = _regression_cell(r.get("regression"))
     sec.approximate = [str(a) for a in (r.get("approximate") or [])]
     sec.notes = [str(n) for n in (r.get("notes") or [])]
     if status in ("error", "unreproducible"):
@@ -358,6 +361,57 @@ def _summary_row(sec: Section) -> dict:
         "psnr_min": fmt_psnr(r.get("psnr_min")), "psnr_mean": fmt_psnr(r.get("psnr_mean")),
         "ssim_min": fmt_ssim(r.get("ssim_min")), "ssim_mean": fmt_ssim(r.get("ssim_mean")),
         "message": sec.message,
+        "regression": sec.regression,
+    }
+
+
+def _regression_cell(entry) -> dict | None:
+    """The summary table's "vs baseline" cell: category (CSS-safe) and its reasons as one line."""
+    if not isinstance(entry, dict):
+        return None
+    category = entry.get("category")
+    css = category if category in baseline_mod.CATEGORIES else "unknown"
+    return {"category": css, "label": baseline_mod.LABELS.get(category, fmt_value(category)),
+            "reasons": "; ".join(_reasons(entry))}
+
+
+def _reasons(entry: dict) -> list[str]:
+    reasons = entry.get("reasons")
+    if isinstance(reasons, (list, tuple)):
+        return [str(x) for x in reasons]
+    return [str(reasons)] if reasons else []
+
+
+def _baseline_view(document: dict, sections: list) -> dict | None:
+    """Data for the Regressions section at the top of the page (None without a baseline)."""
+    info = document.get("baseline")
+    if not isinstance(info, dict):
+        return None
+    rows = {c: [] for c in baseline_mod.CATEGORIES}
+    for sec in sections:
+        entry = sec.result.get("regression")
+        if not isinstance(entry, dict) or entry.get("category") not in rows:
+            continue
+        rows[entry["category"]].append({
+            "id": sec.id, "key": sec.key,
+            "status": f"{fmt_value(entry.get('baseline_status'))} → {fmt_value(entry.get('status'))}",
+            "bit_exact": f"{fmt_value(entry.get('baseline_bit_exact'))} → {fmt_value(entry.get('bit_exact'))}",
+            "psnr": f"{fmt_psnr(entry.get('baseline_psnr_min'))} → {fmt_psnr(entry.get('psnr_min'))}",
+            "delta": fmt_psnr(entry.get("psnr_delta")),
+            "reasons": _reasons(entry),
+        })
+    counts = info.get("counts") or {}
+    return {
+        "source": fmt_value(info.get("source")) if info.get("source") else "",
+        "threshold": fmt_value(info.get("psnr_drop_db")),
+        "counts": [(baseline_mod.LABELS[c], c, int(counts.get(c, 0) or 0)) for c in (*baseline_mod.CATEGORIES, "missing")],
+        "regressions": rows[baseline_mod.REGRESSION],
+        "standing": rows[baseline_mod.STANDING],
+        "improvements": rows[baseline_mod.IMPROVEMENT],
+        "new": rows[baseline_mod.NEW],
+        "missing": [str(k) for k in info.get("missing") or []],
+        "environment": [(fmt_value(c.get("key")), fmt_value(c.get("baseline")), fmt_value(c.get("current")))
+                        for c in info.get("environment_changes") or [] if isinstance(c, dict)],
     }
 
 
@@ -412,6 +466,7 @@ def render_html(document: dict, assets: Assets, search_dirs=()) -> str:
         duplicates=document.get("duplicates") or [],
         summary=[_summary_row(s) for s in sections],
         sections=sections,
+        baseline=_baseline_view(document, sections),
         stacks=STACKS,
         colorbar=colorbar,
         diff_gain=plots.DIFF_GAIN,
@@ -551,13 +606,39 @@ def load_documents(paths) -> tuple[list[dict], list[Path]]:
     return docs, dirs
 
 
-def report_main(paths, out_dir) -> Path:
-    """``wan-parity report RESULTS.json... --out DIR``: load, merge, write ``DIR/report.html``; returns its path.
+@dataclass
+class ReportOutcome:
+    """What ``build_report`` did: the page, the merged document, and how the nightly job should exit."""
 
-    With several inputs the merged document is also written to ``DIR/results.merged.json``.
-    Problems with the inputs raise :class:`~harness.errors.HarnessError` (one line for the CLI).
+    path: Path
+    document: dict
+    regression_count: int = 0
+    missing_count: int = 0
+    merged_path: Path | None = None
+
+    @property
+    def exit_code(self) -> int:
+        """0 no regression against the baseline (or no baseline given), 1 regressions. Bad input raises."""
+        return 1 if self.regression_count else 0
+
+
+def load_baseline(path) -> dict:
+    """A previous night's results (results.json, results.merged.json, an --out folder) as one document."""
+    docs, _ = load_documents([path])
+    try:
+        return merge_documents(docs)
+    except ValueError as exc:
+        raise HarnessError(path, "--baseline", str(exc)) from None
+
+
+def build_report(paths, out_dir, baseline=None, psnr_drop_db: float = 1.0, *, inline: bool = False) -> ReportOutcome:
+    """``wan-parity report RESULTS.json... --out DIR [--baseline PREVIOUS.json]``.
+
+    Loads and merges the inputs, compares them with ``baseline`` when given (see
+    :func:`harness.report.baseline.compare_to_baseline`), writes ``DIR/report.html`` and, with several inputs
+    or a baseline, ``DIR/results.merged.json`` (the merged document with the comparison attached: keep it as
+    the next night's baseline). Problems with the inputs raise :class:`~harness.errors.HarnessError`.
     """
-
     if not paths:
         raise HarnessError(None, "report", "give at least one results JSON file or output folder")
     docs, dirs = load_documents(paths)
@@ -565,8 +646,25 @@ def report_main(paths, out_dir) -> Path:
         merged = merge_documents(docs)
     except ValueError as exc:
         raise HarnessError(None, "report", str(exc)) from None
+    if baseline is not None:
+        previous = load_baseline(baseline)
+        try:
+            comparison = baseline_mod.compare_to_baseline(merged, previous, psnr_drop_db)
+        except ValueError as exc:
+            raise HarnessError(None, "--psnr-drop", str(exc)) from None
+        merged = baseline_mod.attach_baseline(merged, comparison, source=str(baseline))
     out_dir = Path(out_dir)
-    if len(docs) > 1:
-        write_json_atomic(out_dir / "results.merged.json", merged)
+    merged_path = None
+    if len(docs) > 1 or baseline is not None:
+        merged_path = write_json_atomic(out_dir / "results.merged.json", merged)
     unique_dirs = list(dict.fromkeys(dirs))
-    return write_report(merged, out_dir, search_dirs=unique_dirs)
+    page = write_report(merged, out_dir, inline=inline, search_dirs=unique_dirs)
+    info = merged.get("baseline") or {}
+    return ReportOutcome(path=page, document=merged, regression_count=baseline_mod.regression_count(merged),
+                         missing_count=len(info.get("missing") or []), merged_path=merged_path)
+
+
+def report_main(paths, out_dir, baseline=None, psnr_drop_db: float = 1.0) -> Path:
+    """``wan-parity report``: :func:`build_report` returning only the page's path (kept for callers of the
+    path-returning API; the CLI should use ``build_report(...).exit_code``)."""
+    return build_report(paths, out_dir, baseline=baseline, psnr_drop_db=psnr_drop_db).path

@@ -1,0 +1,255 @@
+"""The drift diagnosis: goldens fabricated under one wrong knob must be traced back to that knob.
+
+Each golden is rendered by the *runner* (``Engine.render``) with one setting changed through the target itself (an
+explicit or registered profile, the sample's seed/multiplier/negative prompt, the preview's LoRA/merge flag, or the
+control-image loader), not through the diagnosis' own variant code, so a variant that applied its knob differently
+from the runner would not match bit-exactly and the test would fail.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from harness import diagnose as dg
+from harness.demo_model import build_tiny_model, make_demo_lora_pair
+from harness.media import write_like_aitk
+from harness.paths import PathMap
+from harness.render import conditioning
+from harness.render.profiles import PROFILES
+from harness.runner import Engine, PreviewTarget, RunOptions
+from harness.spec import LoraPair, PreviewJob, SampleSpec
+
+BASE_NEG = "blurry, low quality"
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("diagnose")
+    model = build_tiny_model(root / "tiny_model")
+    high, low = make_demo_lora_pair(model, root / "lora", "diag", seed=7, step=250)
+    y, x = np.mgrid[0:32, 0:48].astype(np.float32)  # 3:2, so a centre crop differs from a stretch
+    ctrl = np.stack([40 + 200 * (x / 48), 120 + 100 * np.sin(y / 5), 200 - 150 * ((x + y) % 17 > 8)], axis=-1)
+    Image.fromarray(np.clip(ctrl, 0, 255).astype(np.uint8)).save(root / "ctrl.png")
+    sample = SampleSpec(index=2, prompt="a red kite drifts over the green hills", negative_prompt=BASE_NEG, seed=44,
+                        width=32, height=32, num_frames=5, guidance_scale=4.0, sample_steps=6, network_multiplier=0.8,
+                        fps=16, ctrl_img=str(root / "ctrl.png"))
+    preview = PreviewJob(case="diag", golden=root / "unset.webp", step=250, index=2, sample=sample,
+                         lora=LoraPair(high, low), merged=False)
+    target = PreviewTarget(preview=preview, model_name=str(model), config_file=root / "config.yaml",
+                           path_map=PathMap(), rng_layout="cpu", device="cpu")
+    engine = Engine(RunOptions(device="cpu", threads=2))
+    return {"root": root, "target": target, "engine": engine}
+
+
+def _golden(world, name: str, target: PreviewTarget, monkeypatch=None, patch=None) -> PreviewTarget:
+    """Render ``target`` with the runner (inside ``patch``), save it like ai-toolkit, return the base target with it."""
+    if monkeypatch is not None:
+        with monkeypatch.context() as m:
+            patch(m)
+            render, _, _ = world["engine"].render(target)
+    else:
+        render, _, _ = world["engine"].render(target)
+    path = write_like_aitk(world["root"] / f"golden_{name}.webp", render.frames, target.preview.sample.fps)
+    base = world["target"]
+    return replace(base, preview=replace(base.preview, golden=path))
+
+
+def _with_sample(target, **changes):
+    return replace(target, preview=replace(target.preview, sample=replace(target.preview.sample, **changes)))
+
+
+def _with_profile(monkeypatch, **changes):
+    """Register a one-knob profile under a test name (only while the golden renders)."""
+    def patch(m):
+        m.setitem(PROFILES, "test-knob", replace(PROFILES["aitk-euler"], name="test-knob", **changes))
+    return patch
+
+
+def _wrong_knob_goldens():
+    """(family, expected best variant, how to fabricate the golden)."""
+    def profile(world, mp):
+        return _golden(world, "profile", replace(world["target"], profile="runcomfy"))
+
+    def via_profile(**changes):
+        def make(world, mp):
+            return _golden(world, "_".join(changes), replace(world["target"], profile="test-knob"), mp,
+                           _with_profile(mp, **changes))
+        return make
+
+    def multiplier(world, mp):
+        return _golden(world, "multiplier", _with_sample(world["target"], network_multiplier=1.0))
+
+    def lora_off(world, mp):
+        t = world["target"]
+        return _golden(world, "lora_off", replace(t, preview=replace(t.preview, lora=None)))
+
+    def merged(world, mp):
+        t = world["target"]
+        return _golden(world, "merged", replace(t, preview=replace(t.preview, merged=True)))
+
+    def seed(world, mp):
+        return _golden(world, "seed", _with_sample(world["target"], seed=42))
+
+    def negative(world, mp):
+        return _golden(world, "negative", _with_sample(world["target"], negative_prompt=""))
+
+    def resize(world, mp):
+        crop = functools.partial(conditioning.load_control_image, resize="center-crop")
+        return _golden(world, "resize", world["target"], mp,
+                       lambda m: m.setattr(conditioning, "load_control_image", crop))
+
+    return [
+        ("profile", "runcomfy", profile),
+        ("shift", "shift 3", via_profile(shift=3.0)),
+        ("boundary", "boundary 0.9", via_profile(boundary=0.9)),
+        ("multiplier", "multiplier 1", multiplier),
+        ("lora", "LoRA off", lora_off),
+        ("merge", "merged LoRA", merged),
+        ("posterior", "posterior mode", via_profile(posterior="mode")),
+        ("dtype", "fp32-kept modules", via_profile(cast_whole_bf16=False)),
+        ("seed", "seed 42", seed),
+        ("negative", "negative prompt empty", negative),
+        ("resize", "centre crop", resize),
+    ]
+
+
+SWEEP_SECONDS: list[float] = []
+
+
+@pytest.mark.parametrize("family,expected,make", _wrong_knob_goldens(), ids=[c[0] for c in _wrong_knob_goldens()])
+def test_wrong_knob_is_ranked_first(world, monkeypatch, family, expected, make):
+    golden_target = make(world, monkeypatch)
+    started = time.perf_counter()
+    d = dg.diagnose_target(world["engine"], golden_target)
+    SWEEP_SECONDS.append(time.perf_counter() - started)
+    table = dg.format_table(d)
+    assert d.profile == "aitk-euler", table  # auto: ai-toolkit 0.12.26 in the LoRA metadata
+    assert d.swept
+    assert not d.baseline.bit_exact, f"the {family} knob made no difference to the golden; the test proves nothing"
+    top = d.ranked[0]
+    assert (top.variant, top.family, top.bit_exact) == (expected, family, True), table
+    assert d.status == "explained" and d.found and d.best == expected, table
+    assert f"`{expected}`" in d.explanation and d.explanation.count(".") >= 1
+    # only the culprit (or variants rendering the very same frames) are exact
+    assert {r.digest for r in d.ranked if r.bit_exact} == {top.digest}, table
+    assert len({r.variant for r in d.ranked}) == len(d.ranked)
+    assert {r.family for r in d.ranked} == set(dg.FAMILIES) | {"baseline"}
+    print(f"\n{table}\nsweep: {SWEEP_SECONDS[-1]:.1f} s, {sum(r.same_as is None for r in d.ranked)} renders")
+
+
+def test_lora_off_and_multiplier_zero_share_one_render(world, monkeypatch):
+    make = dict((c[0], c[2]) for c in _wrong_knob_goldens())["lora"]
+    d = dg.diagnose_target(world["engine"], make(world, monkeypatch), families=("lora", "multiplier"))
+    rows = {r.variant: r for r in d.ranked}
+    assert rows["multiplier 0"].same_as == "LoRA off" and rows["multiplier 0"].bit_exact
+    assert "equivalently: multiplier 0" in d.explanation
+
+
+def test_baseline_variant_path_matches_the_runner(world):
+    """The diagnosis renders variants itself; with no knob changed it must reproduce Engine.render bit for bit."""
+    engine, target = world["engine"], world["target"]
+    ctx = dg._context(engine, replace(target, preview=replace(target.preview, golden=_any_golden(world))))
+    for knobs in (ctx.base, replace(ctx.base, merged=True)):
+        ours = dg.render_knobs(engine, target, knobs, ctx)
+        runner_target = replace(target, preview=replace(target.preview, merged=knobs.merged))
+        assert np.array_equal(ours, engine.render(runner_target)[0].frames)
+
+
+def _any_golden(world) -> Path:
+    path = world["root"] / "golden_baseline.webp"
+    if not path.exists():
+        render, _, _ = world["engine"].render(world["target"])
+        write_like_aitk(path, render.frames, 16)
+    return path
+
+
+def test_every_variant_changes_exactly_one_knob(world):
+    ctx = dg._context(world["engine"], replace(world["target"], preview=replace(world["target"].preview,
+                                                                               golden=_any_golden(world))))
+    variants = dg.variants_for(world["target"], ctx.base)
+    assert {v.family for v in variants} == set(dg.FAMILIES)
+    names = [v.name for v in variants]
+    assert len(names) == len(set(names))
+    knob_of = {"profile": {"profile"}, "shift": {"shift"}, "boundary": {"boundary"}, "lora": {"lora"},
+               "multiplier": {"multiplier"}, "merge": {"lora_path"}, "posterior": {"posterior"},
+               "dtype": {"cast_whole_bf16"}, "seed": {"seed"}, "negative": {"negative_prompt"}, "resize": {"resize"}}
+    for v in variants:
+        assert set(dg.changes(ctx.base, v.apply(ctx.base))) == knob_of[v.family], v.name
+    assert {v.name for v in variants if v.family == "profile"} == set(PROFILES) - {"aitk-euler"}
+    assert {v.name for v in variants if v.family == "seed"} == {"seed 43", "seed 45", "seed 42", "seed 46"}
+    assert dg.variants_for(world["target"], ctx.base, families=["seed"]) and all(
+        v.family == "seed" for v in dg.variants_for(world["target"], ctx.base, families=["seed"]))
+    with pytest.raises(dg.HarnessError, match="unknown knob family"):
+        dg.variants_for(world["target"], ctx.base, families=["sheduler"])
+
+
+def test_exact_baseline_skips_the_sweep_unless_forced(world):
+    target = replace(world["target"], preview=replace(world["target"].preview, golden=_any_golden(world)))
+    d = dg.diagnose_target(world["engine"], target)
+    assert (d.status, d.found, d.swept, len(d.ranked)) == ("exact", True, False, 1)
+    assert "already bit-exact" in d.explanation
+    forced = dg.diagnose_target(world["engine"], target, families=("seed", "shift"), force=True)
+    assert forced.swept and forced.status == "exact" and forced.ranked[0].variant == "baseline"
+    assert len(forced.ranked) == 1 + 4 + 1
+
+
+def test_diagnose_main_writes_json_and_exit_codes(world, monkeypatch, tmp_path):
+    explained = dict((c[0], c[2]) for c in _wrong_knob_goldens())["seed"](world, monkeypatch)
+    # two knobs wrong at once: no single-knob variant can be exact, and a wrong seed is far outside thresholds
+    two = _with_sample(replace(world["target"], profile="test-knob"), seed=42)
+    unexplained = _golden(world, "two_knobs", two, monkeypatch, _with_profile(monkeypatch, shift=3.0))
+    skipped = replace(world["target"], preview=replace(world["target"].preview, unreproducible="seed -1"))
+    calls = []
+    document, code = dg.diagnose_main([explained, replace(unexplained, preview=replace(unexplained.preview, index=3)),
+                                       skipped], RunOptions(device="cpu", threads=2), tmp_path,
+                                      families=("seed", "shift"), progress=lambda *a: calls.append(a))
+    assert code == 1
+    text = (tmp_path / "diagnosis.json").read_text()
+    assert json.loads(text, parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}")) == document
+    assert document["schema"] == dg.SCHEMA and document["families"] == ["seed", "shift"]
+    by_status = {e["status"]: e for e in document["diagnoses"]}
+    assert set(by_status) == {"explained", "unexplained", "unreproducible"}
+    assert document["summary"]["found"] == 1 and document["summary"]["total"] == 3
+    ok = by_status["explained"]
+    assert ok["best"] == "seed 42" and ok["ranked"][0]["psnr_min"] == "inf" and ok["ranked"][0]["bit_exact"]
+    assert set(ok["ranked"][0]) >= {"rank", "variant", "family", "psnr_min", "psnr_mean", "ssim_min", "bit_exact",
+                                    "seconds", "changes", "same_as"}
+    bad = by_status["unexplained"]
+    assert not bad["found"] and bad["explanation"].startswith("No single knob explains the drift")
+    assert all(not r["bit_exact"] for r in bad["ranked"])
+    assert calls and calls[-1][2] == calls[-1][3]  # (key, variant, done, total)
+    document, code = dg.diagnose_main([explained], RunOptions(device="cpu", threads=2), tmp_path, families=("seed",))
+    assert code == 0 and document["summary"]["explained"] == 1
+
+
+def test_bad_input_is_an_error_entry(world, tmp_path):
+    target = replace(world["target"], preview=replace(world["target"].preview, golden=_any_golden(world)))
+    broken = _with_sample(target, ctrl_img=str(tmp_path / "missing.png"))
+    document, code = dg.diagnose_main([broken], RunOptions(device="cpu", threads=2), tmp_path, families=("seed",))
+    assert code == 2 and document["diagnoses"][0]["status"] == "error" and document["diagnoses"][0]["message"]
+
+
+def test_centre_crop_box():
+    assert conditioning.center_crop_box((48, 32), 32, 32) == (8, 0, 40, 32)
+    assert conditioning.center_crop_box((32, 48), 32, 32) == (0, 8, 32, 40)
+    assert conditioning.center_crop_box((64, 32), 64, 32) == (0, 0, 64, 32)
+    with pytest.raises(ValueError, match="resize mode"):
+        conditioning.load_control_image(Path(__file__).parent / "nothing.png", 8, 8, resize="fit")
+
+
+def test_ranking_puts_bit_exact_first_then_psnr():
+    def row(name, exact, pmin, pmean):
+        return dg.Row(name, "x", "", {}, exact, pmin, pmean, 0.5, 0.5, 0, None, 0.0)
+    rows = [row("a", False, 30.0, 35.0), row("b", True, math.inf, math.inf), row("c", False, 30.0, 36.0),
+            row("d", False, None, None), row("e", False, 31.0, 31.0)]
+    ranked = [r.variant for _, r in sorted(enumerate(rows), key=lambda p: p[1].sort_key(p[0]))]
+    assert ranked == ["b", "e", "c", "a", "d"]
