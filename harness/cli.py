@@ -29,9 +29,15 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     parser.add_argument("--threads", type=int, help="CPU threads (CPU results depend on it; default 2 on CPU)")
     parser.add_argument("--profile", help="sampler profile: auto, aitk-euler, aitk-unipc, aitk-unipc-old, runcomfy, diffusers-stock")
+    parser.add_argument("--ara", help="local copy of the accuracy recovery adapter a 'uint4|<ara>' job names")
     parser.add_argument("--offload", default="none", choices=("none", "experts", "sequential"),
                         help="memory mode, identical numerics: none (all on GPU), experts (active expert only; 80 GB "
                              "for A14B), sequential (block by block; 24 GB cards)")
+
+
+def _add_filters(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--steps", help="only these training steps, e.g. 0,250")
+    parser.add_argument("--samples", help="only these sample indices, e.g. 0,2")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,8 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, default=Path("parity-out"), help="results, renders and report (default parity-out/)")
     run.add_argument("--json", type=Path, help="also write the results JSON here")
     run.add_argument("--save-frames", action="store_true", help="also save each render losslessly as uint8 .npy (F,H,W,3)")
-    run.add_argument("--steps", help="only these training steps, e.g. 0,250")
-    run.add_argument("--samples", help="only these sample indices, e.g. 0,2")
+    _add_filters(run)
     run.add_argument("--resume", action="store_true", help="skip previews whose result is already in --out")
     run.add_argument("--no-report", action="store_true", help="skip the HTML report")
 
@@ -62,21 +67,42 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="write the HTML report from results JSON files (merges shards)")
     rep.add_argument("paths", nargs="+", type=Path, metavar="RESULTS", help="results.json files or --out folders")
     rep.add_argument("--out", type=Path, default=Path("parity-out"))
+    rep.add_argument("--baseline", type=Path, metavar="PREVIOUS.json",
+                     help="previous run's results (or --out folder): mark regressions, exit 1 if any")
+    rep.add_argument("--psnr-drop", type=float, default=1.0, metavar="DB",
+                     help="encoded PSNR-min drop counted as a regression (default 1.0)")
+
+    cal = sub.add_parser("calibrate", help="measure this stack's noise floor and suggest thresholds")
+    cal.add_argument("targets", nargs="+", metavar="TARGET")
+    _add_run_options(cal)
+    _add_filters(cal)
+    cal.add_argument("--out", type=Path, default=Path("parity-out/calibrate"))
+    cal.add_argument("--perturb", choices=["attention", "threads"], help="also render under a perturbed stack")
+    cal.add_argument("--previews", type=int, default=3, help="how many previews to calibrate on (default 3)")
+    cal.add_argument("--margin-db", type=float, default=3.0)
+    cal.add_argument("--ssim-margin", type=float, default=0.02)
+
+    chk = sub.add_parser("selfcheck", help="render one preview twice; fail loudly if this stack is nondeterministic")
+    chk.add_argument("targets", nargs=1, metavar="TARGET")
+    _add_run_options(chk)
+    _add_filters(chk)
+    chk.add_argument("--preview", type=int, default=0, help="which reproducible preview (default the first)")
+    chk.add_argument("--out", type=Path, default=Path("parity-out/selfcheck"))
 
     demo = sub.add_parser("demo", help="build a tiny model offline, run the bundled case, write the report")
     demo.add_argument("--out", type=Path, default=Path("parity-out/demo"))
     return parser
 
 
-def cmd_run(args) -> int:
+def _options_and_targets(args, **extra):
+    """Shared by run, diagnose, calibrate and selfcheck: validated options and the selected previews."""
     from .paths import PathMap
-    from .fsutil import write_json_atomic
-    from .runner import RunOptions, exit_code, results_document
+    from .runner import RunOptions
     from .targets import collect, select
 
     options = RunOptions(base_model=args.base_model, vae=args.vae, path_map=PathMap(args.path_map), device=args.device,
-                         out=args.out, save_frames=args.save_frames, threads=args.threads, profile=args.profile,
-                         resume=args.resume, offload=args.offload)
+                         out=args.out, threads=args.threads, profile=args.profile, offload=args.offload,
+                         ara=args.ara, **extra)
     if args.profile and args.profile != "auto":
         from .render.profiles import get_profile
 
@@ -88,6 +114,14 @@ def cmd_run(args) -> int:
     if not targets:
         raise HarnessError(None, "TARGET", "no previews selected (check --steps/--samples and the samples/ folder)")
     _check_writable(args.out)
+    return options, targets
+
+
+def cmd_run(args) -> int:
+    from .fsutil import write_json_atomic
+    from .runner import exit_code, results_document
+
+    options, targets = _options_and_targets(args, save_frames=args.save_frames, resume=args.resume)
     environment, results = run_with_progress(targets, options)
     document = results_document(environment, results)
     write_json_atomic(args.out / "results.json", document)
@@ -96,6 +130,9 @@ def cmd_run(args) -> int:
     if not args.no_report:
         _write_report(document, args.out)
     print_table(results)
+    for result in results:
+        if result["status"] == "error":
+            print(f"error: {result['message']}", file=sys.stderr)
     return exit_code(results)
 
 
@@ -169,10 +206,30 @@ def cmd_import(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import report_main
+    from .report import build_report
 
-    print(f"report: {report_main(args.paths, args.out)}")
-    return 0
+    outcome = build_report(args.paths, args.out, baseline=args.baseline, psnr_drop_db=args.psnr_drop)
+    print(f"report: {outcome.path}")
+    if args.baseline is not None:
+        c = outcome.document["baseline"]["counts"]
+        print(f"vs baseline: {c['regression']} regressions, {c['standing_failure']} standing failures, {c['new']} new, "
+              f"{c['improvement']} improvements, {c['missing']} missing", file=sys.stderr)
+    return outcome.exit_code
+
+
+def cmd_calibrate(args) -> int:
+    from .calibrate import calibrate_main
+
+    options, targets = _options_and_targets(args)
+    return calibrate_main(targets, options, args.out, perturb=args.perturb, max_previews=args.previews,
+                          margin_db=args.margin_db, ssim_margin=args.ssim_margin)
+
+
+def cmd_selfcheck(args) -> int:
+    from .selfcheck import selfcheck_main
+
+    options, _ = _options_and_targets(args)
+    return selfcheck_main(args.targets[0], options, args.preview)
 
 
 def cmd_demo(args) -> int:
@@ -181,7 +238,8 @@ def cmd_demo(args) -> int:
     return run_demo(args.out)
 
 
-COMMANDS = {"run": cmd_run, "import": cmd_import, "report": cmd_report, "demo": cmd_demo}
+COMMANDS = {"run": cmd_run, "import": cmd_import, "report": cmd_report, "calibrate": cmd_calibrate,
+            "selfcheck": cmd_selfcheck, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -79,6 +79,7 @@ class ParitySession:
     def __init__(self, config):
         self.config = config
         self.results: list[dict] = []
+        self.merged: dict | None = None
         self._engine = None
         self.environment: dict = {}
 
@@ -174,9 +175,12 @@ class PreviewItem(pytest.Item):
             pytest.skip(reason)
         if self.target.preview.unreproducible:
             pytest.skip(f"unreproducible: {self.target.preview.unreproducible}")
-        result = run_one(session.engine(), self.target)
-        session.results.append(result)
-        write_json_atomic(result_file(session.out, self.target), result)
+        try:
+            result = run_one(session.engine(), self.target)
+            session.results.append(result)
+            write_json_atomic(result_file(session.out, self.target), result)
+        except HarnessError as exc:
+            raise PreviewError(f"error: {exc.line()}") from None
         if result["status"] in ("fail", "error"):
             raise PreviewError(_failure_line(result, session.out))
 
@@ -201,6 +205,8 @@ class BrokenCase(pytest.Item):
         raise PreviewError(f"error: {self.error.line()}")
 
     def repr_failure(self, excinfo):
+        if self.config.getoption("verbose") > 0:
+            return super().repr_failure(excinfo)
         return str(excinfo.value)
 
     def reportinfo(self):
@@ -216,29 +222,58 @@ def _failure_line(result: dict, out: Path) -> str:
             f"profile {result.get('profile')}; report: {out / 'report.html'}")
 
 
+def pytest_sessionstart(session):
+    import time
+
+    session.config._parity_started = time.time()
+
+
 def pytest_sessionfinish(session, exitstatus):
+    """Workers write ``results.<worker>.json``; the controller (or a plain run) merges and writes the report."""
     parity = getattr(session.config, "_parity", None)
-    if parity is None or not parity.results:
+    if parity is None:
         return
     from .fsutil import write_json_atomic
     from .runner import results_document
 
-    document = results_document(parity.environment, parity.results)
+    worker = getattr(session.config, "workerinput", {}).get("workerid")
+    if worker is not None:
+        if parity.results:
+            write_json_atomic(parity.out / f"results.{worker}.json", results_document(parity.environment, parity.results))
+        return
+    documents = _worker_documents(parity.out, session.config._parity_started)
+    if parity.results:
+        documents.append(results_document(parity.environment, parity.results))
+    if not documents:
+        return
+    from .report import merge_documents, write_report
+
+    document = documents[0] if len(documents) == 1 else merge_documents(documents)
     write_json_atomic(parity.out / "results.json", document)
     json_path = _setting(session.config, "json")
     if json_path:
         write_json_atomic(Path(json_path), document)
-    try:
-        from .report import write_report
-    except ImportError:
-        return
     write_report(document, parity.out)
+    parity.merged = document
+
+
+def _worker_documents(out: Path, started: float) -> list[dict]:
+    """This session's xdist shards (older files from earlier sessions are ignored)."""
+    import json
+
+    shards = []
+    for path in sorted(out.glob("results.gw*.json")):
+        if path.stat().st_mtime >= started:
+            shards.append(json.loads(path.read_text()))
+    return shards
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     parity = getattr(config, "_parity", None)
-    if parity is None or not parity.results:
+    document = getattr(parity, "merged", None)
+    if document is None:
         return
-    bit_exact = sum(1 for r in parity.results if r.get("bit_exact"))
-    terminalreporter.write_line(f"wan-parity: {len(parity.results)} previews rendered, {bit_exact} bit-exact; "
+    results = document["results"]
+    bit_exact = sum(1 for r in results if r.get("bit_exact"))
+    terminalreporter.write_line(f"wan-parity: {len(results)} previews rendered, {bit_exact} bit-exact; "
                                 f"results and report in {parity.out}")

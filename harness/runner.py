@@ -60,6 +60,7 @@ class RunOptions:
     profile: str | None = None  # overrides the case's profile
     resume: bool = False
     offload: str = "none"  # none | experts | sequential (identical numerics)
+    ara: str | None = None  # local copy of the accuracy recovery adapter a 'uint4|<ara>' job names (--ara PATH)
 
 
 def resolve_device(name: str) -> str:
@@ -94,30 +95,45 @@ def set_threads(threads: int | None, device: str) -> int:
 
 def choose_profile(target: PreviewTarget, override: str | None):
     """Profile by name, or ``auto``: from the ai-toolkit version in the LoRA metadata (PARITY §7.1)."""
-    from .aitk.outputs import lora_software_version
     from .render.profiles import get_profile, profile_for_aitk_version
 
     name = override or target.profile or "auto"
     if name != "auto":
         return get_profile(name), f"profile {name} chosen explicitly"
+    return profile_for_aitk_version(aitk_version(target))
+
+
+def aitk_version(target: PreviewTarget) -> str | None:
+    """The ai-toolkit version in the preview's LoRA metadata (``software``), or None."""
+    from .aitk.outputs import lora_software_version
+
     lora = target.preview.lora
-    version = None
     if lora is not None:
         for path in (lora.high, lora.low):
             if path is not None and Path(path).is_file():
-                version = lora_software_version(path)
-                break
-    return profile_for_aitk_version(version)
+                return lora_software_version(path)
+    return None
 
 
-def approximations(target: PreviewTarget, profile, device: str) -> list[str]:
-    """Reasons this render cannot claim bit-exactness, said up front rather than discovered as drift."""
+def quantization_for(target: PreviewTarget, ara: str | None = None):
+    """ai-toolkit's quantization for the job (PARITY §9), or None; HarnessError for what cannot be reproduced."""
+    from .render.quant import quantization_plan
+
+    return quantization_plan(target.model_block, aitk_version(target), ara_path=ara)
+
+
+def approximations(target: PreviewTarget, profile, device: str, quantization=None) -> list[str]:
+    """Reasons this render cannot claim bit-exactness, said up front rather than discovered as drift.
+
+    ``quantization``: the ``QuantPlan`` the render used (its own ``approximate`` reasons are added).
+    """
     notes = list(target.known_gaps)
     model = target.model_block or {}
-    if model.get("quantize"):
-        notes.append(f"the job quantized the transformer ({model.get('qtype', 'qfloat8')}); this render is a bf16 reference")
-    if model.get("layer_offloading"):
-        notes.append("the job used layer_offloading (torchao float8); this render is a bf16 reference")
+    if quantization is not None:
+        notes += list(quantization.approximate)
+    if model.get("layer_offloading"):  # with quantization on, quantization_plan already refused the job
+        notes.append("the job used layer_offloading (ai-toolkit's MemoryManager streams layers); assumed to change no "
+                     "pixels (UNVERIFIED)")
     if target.rng_layout == "cuda" and torch_device_type(device) == "cpu":
         notes.append("ai-toolkit drew the first-frame posterior noise from the CUDA generator; a CPU render draws it "
                      "from the CPU stream instead")
@@ -152,7 +168,10 @@ class Engine:
         """An explicit --device wins; else the case's preference (CPU goldens need CPU renders); else auto."""
         if self.options.device != "auto" or target.device == "auto":
             return self.device
-        return resolve_device(target.device)
+        try:
+            return resolve_device(target.device)
+        except HarnessError as exc:
+            raise HarnessError(target.config_file, "device", exc.message) from None
 
     def _lora_layers(self, path: Path) -> dict:
         from .render.lora import read_lora_file
@@ -170,7 +189,9 @@ class Engine:
             vae, vae_note = Path(vae_override), f"VAE from {vae_override}"
         else:
             vae, vae_note = resolve_vae(base)
-        bundle = self.models.get(base, vae, self.device_for(target), cast_whole_bf16=profile.cast_whole_bf16)
+        plan = quantization_for(target, self.options.ara)
+        bundle = self.models.get(base, vae, self.device_for(target), cast_whole_bf16=profile.cast_whole_bf16,
+                                 quantization=plan)
         bundle.set_offload(self.options.offload)
         return bundle, [n for n in (base_note, vae_note) if n], merged_map
 
@@ -275,6 +296,9 @@ def run_one(engine: Engine, target: PreviewTarget) -> dict:
         return result
     started = time.perf_counter()
     try:
+        if target.preview.golden is None:
+            raise HarnessError(target.config_file, f"prompts[{target.preview.index}].golden", "no golden file to compare "
+                               "with; add the service's output as `golden:` (render-only requests cannot be compared)")
         golden = read_frames(target.preview.golden)
         check_preview_golden(golden, target.preview, target.config_file)
         raw_golden = read_frames(target.preview.golden_raw).frames if target.preview.golden_raw else None
@@ -291,7 +315,9 @@ def run_one(engine: Engine, target: PreviewTarget) -> dict:
     ext = Path(target.preview.golden).suffix.lstrip(".").lower() or "webp"
     result.update(_comparison_fields(golden.frames, render.frames, raw_golden, target.preview.sample.fps, ext,
                                      target.thresholds))
-    approx = approximations(target, profile, engine.device_for(target))
+    plan = quantization_for(target, engine.options.ara)  # already validated by engine.render
+    approx = approximations(target, profile, engine.device_for(target), plan)
+    result["quantization"] = None if plan is None else plan.describe()
     result.update(profile=profile.name, profile_exact=profile.exact, profile_settings=profile_settings(profile), approximate=approx or None, notes=notes,
                   trace=[list(t) for t in render.trace], seconds=round(time.perf_counter() - started, 3))
     if result["message"] is None:
@@ -325,8 +351,9 @@ def _out_of_memory(exc: BaseException, target: PreviewTarget, engine: Engine) ->
     if isinstance(exc, torch.OutOfMemoryError):
         torch.cuda.empty_cache()
         mode = getattr(engine.options, "offload", "none")
+        fix = {"none": "try --offload experts (or sequential on cards < 32 GB)", "experts": "try --offload sequential"}
         return HarnessError(None, "--offload", f"CUDA out of memory rendering {target.key} ({size}) with --offload "
-                            f"{mode}; try --offload experts (or sequential on cards < 32 GB)")
+                            f"{mode}; {fix.get(mode, 'render on a card with more memory')}")
     if isinstance(exc, MemoryError):
         return HarnessError(None, "--device", f"out of CPU memory rendering {target.key} ({size}); render on a "
                             "machine with more RAM or on CUDA (--device cuda)")
