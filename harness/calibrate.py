@@ -151,6 +151,8 @@ def _against_golden(target, frames, fps, ext) -> dict:
     from .media import read_frames, reencode_roundtrip
     from .metrics import compare_clips
 
+    if target.preview.golden is None:
+        return {"error": "no golden file for this preview (render-only request)"}
     try:
         golden = read_frames(target.preview.golden).frames
     except HarnessError as exc:
@@ -165,9 +167,9 @@ def calibrate_preview(target, options, perturb: str | None, alt_threads: int | N
     import torch
 
     preview = target.preview
-    ext = Path(preview.golden).suffix.lstrip(".").lower() or "webp"
+    ext = (Path(preview.golden).suffix.lstrip(".").lower() if preview.golden else "") or "webp"
     fps = preview.sample.fps
-    entry = {"key": target.key, "golden": str(preview.golden), "error": None, "seconds": {}}
+    entry = {"key": target.key, "golden": str(preview.golden) if preview.golden else None, "error": None, "seconds": {}}
     try:
         engine, base, profile, entry["seconds"]["baseline"] = _render(options, target)
         threads = torch.get_num_threads()
@@ -190,6 +192,12 @@ def calibrate_preview(target, options, perturb: str | None, alt_threads: int | N
         entry["golden_view"] = _against_golden(target, base, fps, ext)
     except HarnessError as exc:
         entry["error"] = exc.line()
+    except MemoryError:
+        entry["error"] = f"out of CPU memory rendering {target.key}; calibrate on CUDA or a larger machine"
+    except torch.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        entry["error"] = (f"CUDA out of memory rendering {target.key} with --offload "
+                          f"{getattr(options, 'offload', 'none')}; try --offload experts")
     return entry
 
 

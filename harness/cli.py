@@ -82,6 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--margin-db", type=float, default=3.0)
     cal.add_argument("--ssim-margin", type=float, default=0.02)
 
+    dia = sub.add_parser("diagnose", help="re-render failing previews under single-knob variants and name the cause")
+    dia.add_argument("targets", nargs="+", metavar="TARGET")
+    _add_run_options(dia)
+    _add_filters(dia)
+    dia.add_argument("--out", type=Path, default=Path("parity-out/diagnose"))
+    dia.add_argument("--families", help="only these knob families (comma-separated): profile, shift, boundary, lora, "
+                                        "multiplier, merge, posterior, dtype, seed, negative, resize")
+    dia.add_argument("--force", action="store_true", help="sweep even previews that are already bit-exact")
+
     chk = sub.add_parser("selfcheck", help="render one preview twice; fail loudly if this stack is nondeterministic")
     chk.add_argument("targets", nargs=1, metavar="TARGET")
     _add_run_options(chk)
@@ -225,6 +234,21 @@ def cmd_calibrate(args) -> int:
                           margin_db=args.margin_db, ssim_margin=args.ssim_margin)
 
 
+def cmd_diagnose(args) -> int:
+    from .diagnose import diagnose_main, format_table
+
+    options, targets = _options_and_targets(args)
+    families = [f.strip() for f in args.families.split(",")] if args.families else None
+    document, code = diagnose_main(targets, options, args.out, families=families, force=args.force)
+    for entry in document["diagnoses"]:
+        if entry.get("ranked") and entry["status"] != "exact":
+            print(format_table(entry))
+        else:
+            print(f"{entry['key']}: {entry['status']}: {entry.get('explanation') or entry.get('message') or ''}")
+    print(f"diagnosis: {Path(args.out) / 'diagnosis.json'}", file=sys.stderr)
+    return code
+
+
 def cmd_selfcheck(args) -> int:
     from .selfcheck import selfcheck_main
 
@@ -238,7 +262,7 @@ def cmd_demo(args) -> int:
     return run_demo(args.out)
 
 
-COMMANDS = {"run": cmd_run, "import": cmd_import, "report": cmd_report, "calibrate": cmd_calibrate,
+COMMANDS = {"run": cmd_run, "import": cmd_import, "report": cmd_report, "calibrate": cmd_calibrate, "diagnose": cmd_diagnose,
             "selfcheck": cmd_selfcheck, "demo": cmd_demo}
 
 

@@ -191,12 +191,16 @@ class Engine:
             vae, vae_note = resolve_vae(base)
         plan = quantization_for(target, self.options.ara)
         bundle = self.models.get(base, vae, self.device_for(target), cast_whole_bf16=profile.cast_whole_bf16,
-                                 quantization=plan)
-        bundle.set_offload(self.options.offload)
+                                 quantization=plan, offload=self.options.offload)
         return bundle, [n for n in (base_note, vae_note) if n], merged_map
 
-    def render(self, target: PreviewTarget):
-        """Render one preview exactly; returns (frames, trace, profile, notes)."""
+    def render(self, target: PreviewTarget, *, profile=None, sample=None, multiplier=None, merged=None,
+               use_lora: bool = True, resize: str = "stretch"):
+        """Render one preview exactly; returns (render, profile, notes).
+
+        The keyword arguments override one setting at a time (the drift diagnosis); left out, the preview renders
+        the way ai-toolkit rendered it.
+        """
         from .render import lora as lora_mod
         from .render.conditioning import load_control_image
         from .render.pipeline import render_sample
@@ -206,25 +210,29 @@ class Engine:
             import torch
 
             torch.set_num_threads(target.threads)
-        profile, profile_why = choose_profile(target, self.options.profile)
+        if profile is None:
+            profile, profile_why = choose_profile(target, self.options.profile)
+        else:
+            profile_why = f"profile {profile.name} (override)"
         bundle, notes, merged_map = self._bundle(target, profile)
-        sample = preview.sample
+        sample = sample or preview.sample
         ctrl, ctrl_note = resolve_ctrl_img(sample.ctrl_img, merged_map, target.search_dirs, file=target.config_file,
                                            field=f"sample.samples[{sample.index}].ctrl_img")
         notes += [profile_why] + ([ctrl_note] if ctrl_note else [])
         try:
-            image = load_control_image(ctrl, sample.width, sample.height)
+            image = load_control_image(ctrl, sample.width, sample.height, resize=resize)
         except (OSError, ValueError) as exc:
             raise HarnessError(ctrl, f"sample.samples[{sample.index}].ctrl_img", f"not a readable image ({exc})") from None
         paths, layers = {}, {}
-        if preview.lora is not None:
+        if preview.lora is not None and use_lora:
             for side in ("high", "low"):
                 path = getattr(preview.lora, side)
                 if path is not None:
                     paths[side], layers[side] = Path(path), self._lora_layers(Path(path))
-        multiplier = preview.extra.get("multipliers", sample.network_multiplier)
-        with lora_mod.applied(paths, layers, bundle.experts, multiplier, merged=preview.merged,
-                              compute_device=bundle.device):
+        if multiplier is None:
+            multiplier = preview.extra.get("multipliers", sample.network_multiplier)
+        merged = preview.merged if merged is None else merged
+        with lora_mod.applied(paths, layers, bundle.experts, multiplier, merged=merged, compute_device=bundle.device):
             result = render_sample(bundle, sample, image, profile, self.prompts, progress=self.progress,
                                    rng_layout=_rng_layout(target, bundle.device))
         return result, profile, notes
@@ -318,6 +326,8 @@ def run_one(engine: Engine, target: PreviewTarget) -> dict:
     plan = quantization_for(target, engine.options.ara)  # already validated by engine.render
     approx = approximations(target, profile, engine.device_for(target), plan)
     result["quantization"] = None if plan is None else plan.describe()
+    result["device"] = engine.device_for(target)
+    result["offload"] = engine.options.offload
     result.update(profile=profile.name, profile_exact=profile.exact, profile_settings=profile_settings(profile), approximate=approx or None, notes=notes,
                   trace=[list(t) for t in render.trace], seconds=round(time.perf_counter() - started, 3))
     if result["message"] is None:

@@ -75,8 +75,9 @@ def _pick(targets, preview_index: int):
     return reproducible[preview_index]
 
 
-def selfcheck_main(target_path, options=None, preview_index: int = 0, out=sys.stdout) -> int:
+def selfcheck_main(target_path, options=None, preview_index: int = 0, out=None) -> int:
     """Render one preview twice and compare; 0 when identical, 1 when not. Bad input raises HarnessError."""
+    out = out or sys.stdout
     from .paths import PathMap
     from .render.text import PromptCache
     from .runner import Engine, RunOptions

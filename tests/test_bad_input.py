@@ -36,6 +36,7 @@ pytest_plugins = ["pytester"]
 
 HIGH_250 = "demo_000000250_high_noise.safetensors"
 LOW_250 = "demo_000000250_low_noise.safetensors"
+GOLDEN_0 = "1790000000000__000000000_0.webp"
 
 
 # ---------------------------------------------------------------------------------------------------- fixtures
@@ -442,7 +443,7 @@ def test_pickle_lora_in_a_request_is_refused_and_never_loaded(tmp_path, tiny, ca
     request.write_text(json.dumps({
         "model": "wan22_14b_i2v",
         "prompts": [{"prompt": "a kite", "ctrl_img": str(tiny / "ctrl" / "hills.png"), "width": 64, "height": 64,
-                     "num_frames": 5, "sample_steps": 1}],
+                     "num_frames": 5, "sample_steps": 1, "golden": str(DEMO_CASE / "samples" / GOLDEN_0)}],
         "loras": [{"path": str(lora), "transformer": "high"}],
     }))
     rc, err, doc = run_cli(capsys, request, tmp_path / "out", "--base-model", str(tiny / "model"))
@@ -644,3 +645,58 @@ def test_plugin_turns_a_bad_case_into_one_failed_line(job, pytester):
     result.assert_outcomes(failed=1)
     text = result.stdout.str()
     assert f"error: {case}: name:" in text and "Traceback" not in text
+
+
+def test_request_without_golden_is_an_error_not_a_crash(tmp_path, tiny, capsys):
+    request = tmp_path / "request.json"
+    request.write_text(json.dumps({"model": "wan22_14b_i2v", "loras": [],
+                                   "prompts": [{"prompt": "a kite", "ctrl_img": str(tiny / "ctrl" / "hills.png")}]}))
+    rc, err, doc = run_cli(capsys, request, tmp_path / "out", "--base-model", str(tiny / "model"))
+    assert_result_error(rc, err, doc, request, "prompts[0].golden", "no golden")
+
+
+# ---------------------------------------------------------------------------------------------------- selfcheck
+
+
+def test_selfcheck_renders_twice_and_says_ok(job, tmp_path, capsys):
+    from harness.runner import RunOptions
+    from harness.selfcheck import selfcheck_main
+
+    job.sample["sample_steps"] = 2
+    job.write()
+    rc = selfcheck_main(job.dir, RunOptions(device="cpu", threads=2))
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "OK: demo::0::0 rendered twice bit-identically" in out
+    for flag in ("cuda.matmul.allow_tf32", "cudnn.benchmark", "torch.compile: not used"):
+        assert flag in out
+
+
+def test_selfcheck_fails_loudly_with_the_difference(job, capsys, monkeypatch):
+    from harness.render.pipeline import Render
+    from harness.runner import Engine, RunOptions
+    from harness.selfcheck import selfcheck_main
+
+    frames = np.zeros((9, 64, 72, 3), np.uint8)
+    renders = [frames, frames.copy()]
+    renders[1][4, 10, 10:13] = (0, 5, 2)  # one frame, three pixels, max difference 5
+    profile = type("P", (), {"name": "aitk-euler"})()
+
+    def fake_render(self, target):
+        return Render(frames=renders.pop(0), trace=[("high", 999.0)]), profile, []
+
+    monkeypatch.setattr(Engine, "render", fake_render)
+    rc = selfcheck_main(job.dir, RunOptions(device="cpu"))
+    out = capsys.readouterr().out
+    assert rc == 1
+    assert "NONDETERMINISTIC: 1 frames / 3 pixels differ (max Δ 5)" in out
+
+
+def test_selfcheck_without_a_reproducible_preview(job, capsys):
+    from harness.errors import HarnessError
+    from harness.runner import RunOptions
+    from harness.selfcheck import selfcheck_main
+
+    _seed_all_minus_one(job)
+    with pytest.raises(HarnessError, match="no reproducible preview"):
+        selfcheck_main(job.dir, RunOptions(device="cpu"))

@@ -22,16 +22,16 @@ def load_control_image(path, width: int, height: int, resize: str = "stretch") -
     ``resize="center-crop"`` is not ai-toolkit's rule: it is what many UIs do (crop the centre to the target aspect,
     then LANCZOS), for the diagnosis to test against.
     """
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"unknown resize mode {resize!r}; choose one of {', '.join(RESIZE_MODES)}")
     try:
         with Image.open(path) as img:
             rgb = img.convert("RGB")
     except (SyntaxError, EOFError, Image.DecompressionBombError) as exc:  # Pillow's non-OSError decode failures
         raise OSError(f"cannot decode image: {exc}") from None
-    if resize == "stretch":
-        return rgb.resize((width, height), Image.LANCZOS)
     if resize == "center-crop":
         return rgb.resize((width, height), Image.LANCZOS, box=center_crop_box(rgb.size, width, height))
-    raise ValueError(f"unknown resize mode {resize!r}; choose one of {', '.join(RESIZE_MODES)}")
+    return rgb.resize((width, height), Image.LANCZOS)
 
 
 def center_crop_box(size: tuple[int, int], width: int, height: int) -> tuple[int, int, int, int]:

@@ -43,7 +43,7 @@ def diffusers_module_name(file_key: str) -> tuple[str, str] | None:
 
 
 def _refuse_unusual_keys(path: Path, keys: list[str]) -> None:
-    if any(".transformer_1." in k or ".transformer_2." in k for k in keys):
+    if any(re.search(r"(^|\.)transformer_[12]\.", k) for k in keys):
         raise HarnessError(path, "keys", "a combined Wan 2.2 LoRA (transformer_1/transformer_2 prefixes, saved with "
                            "split_multistage_loras: false); split it into _high_noise (transformer_1) and _low_noise "
                            "(transformer_2) files with the prefix removed")

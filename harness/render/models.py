@@ -115,28 +115,34 @@ def load_transformer(base_dir: Path, subfolder: str, device, cast_whole_bf16: bo
     return model.to(device).eval().requires_grad_(False)
 
 
-def load_bundle(base_dir: Path, vae_dir: Path, device, cast_whole_bf16: bool = True, quantization=None) -> ModelBundle:
-    """``quantization``: a ``quant.QuantPlan`` (ai-toolkit's quantized sampling model, PARITY §9) or None for bf16."""
+def load_bundle(base_dir: Path, vae_dir: Path, device, cast_whole_bf16: bool = True, quantization=None,
+                offload: str = "none") -> ModelBundle:
+    """``quantization``: a ``quant.QuantPlan`` (ai-toolkit's quantized sampling model, PARITY §9) or None for bf16.
+
+    With an offload mode the large modules are loaded onto the host and never all sit on the GPU at once.
+    """
     from diffusers import AutoencoderKLWan
     from transformers import UMT5EncoderModel
 
     _quiet()
     base_dir, vae_dir, device = Path(base_dir), Path(vae_dir), torch.device(device)
+    weights_device = HOST if offload != "none" else device
     for sub in ("transformer", "transformer_2", "text_encoder", "tokenizer"):
         if not (base_dir / sub).is_dir():
             raise HarnessError(base_dir, sub, f"subfolder missing; a Wan 2.2 I2V A14B diffusers folder has {sub}/")
     with torch.no_grad():
-        transformer = load_transformer(base_dir, "transformer", device, cast_whole_bf16)
-        transformer_2 = load_transformer(base_dir, "transformer_2", device, cast_whole_bf16)
+        transformer = load_transformer(base_dir, "transformer", weights_device, cast_whole_bf16)
+        transformer_2 = load_transformer(base_dir, "transformer_2", weights_device, cast_whole_bf16)
         vae = AutoencoderKLWan.from_pretrained(str(vae_dir), torch_dtype=BF16, use_safetensors=True).to(device, BF16).eval()
         text_encoder = UMT5EncoderModel.from_pretrained(str(base_dir / "text_encoder"), torch_dtype=BF16, use_safetensors=True)
-        text_encoder = text_encoder.to(device, BF16).eval()
+        text_encoder = text_encoder.to(weights_device, BF16).eval()
     bundle = ModelBundle(base_dir, vae_dir, device, transformer, transformer_2, vae, text_encoder,
                          load_tokenizer(base_dir / "tokenizer"), cast_whole_bf16)
     if quantization is not None:
         from .quant import apply_plan
 
         apply_plan(bundle, quantization)
+    bundle.set_offload(offload)
     return bundle
 
 
@@ -146,12 +152,17 @@ class ModelCache:
     def __init__(self):
         self._bundles: dict[tuple, ModelBundle] = {}
 
-    def get(self, base_dir: Path, vae_dir: Path, device, cast_whole_bf16: bool = True, quantization=None) -> ModelBundle:
+    def get(self, base_dir: Path, vae_dir: Path, device, cast_whole_bf16: bool = True, quantization=None,
+            offload: str = "none") -> ModelBundle:
+        """The cached bundle in the requested memory mode (switching modes moves weights, never reloads)."""
         key = (str(Path(base_dir).resolve()), str(Path(vae_dir).resolve()), str(torch.device(device)), cast_whole_bf16,
                quantization)
         if key not in self._bundles:
-            self._bundles[key] = load_bundle(base_dir, vae_dir, device, cast_whole_bf16, quantization=quantization)
-        return self._bundles[key]
+            self._bundles[key] = load_bundle(base_dir, vae_dir, device, cast_whole_bf16, quantization=quantization,
+                                             offload=offload)
+        bundle = self._bundles[key]
+        bundle.set_offload(offload)
+        return bundle
 
     def clear(self) -> None:
         self._bundles.clear()

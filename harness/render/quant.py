@@ -18,8 +18,11 @@ What ai-toolkit did (read at 27a03a91, ``toolkit/util/quantize.py`` + ``wan22_14
 * ``model.layer_offloading``: ``qfloat8`` becomes torchao ``Float8WeightOnlyConfig`` and layers stream through
   ai-toolkit's MemoryManager. Not reproduced: refused with a clear message.
 
-Arithmetic, verified by ``tests/test_quant.py`` for quanto 0.2.4 (same code on CPU and CUDA for float8 weights,
-``optimum/quanto/library/qbytes_mm.py``; only int8 weights take device-specific kernels):
+Arithmetic, verified by ``tests/test_quant.py`` for quanto 0.2.4 on CPU, and once on an H100 (torch 2.11): the
+quantized data and scales are bit-identical on CPU and CUDA (Wan's 5120/13824 shapes included), and the CUDA forward
+equals the same formula on CUDA (quanto runs the same Python for float8 weights on both devices,
+``optimum/quanto/library/qbytes_mm.py``; only int8 weights take device-specific kernels). The GEMM itself differs
+between CPU and CUDA in the last bits, as for bf16.
 
 * qfloat8: ``scale = bf16(amax(|W|, row) / 448)``; ``data = clamp(bf16(W / scale), ±448).to(float8_e4m3fn)``;
   forward ``y = matmul(x, (scale * data.to(bf16)).T)`` then ``y + bias`` as a separate bf16 add.
@@ -28,12 +31,14 @@ Arithmetic, verified by ``tests/test_quant.py`` for quanto 0.2.4 (same code on C
   ``zp = clamp(0 - round(lo / scale), 0, 2**b - 1)`` as int32, ``q = clamp(round(W * (1 / scale)) + zp, 0, 2**b - 1)``,
   ``W' = (q - zp).to(bf16) * scale``; forward ``F.linear(x, W', bias)`` (torchao's dequantize-then-linear
   fallback). The weight is stored dequantized: the forward is the same, only the memory saving is lost.
+  Checked once against torchao 0.10.0 itself (CPU, scratch install, uint2/3/4, several shapes): weights and linear
+  outputs bit-identical; uint8 and a non-multiple-of-64 ``in_features`` raised in torchao, as assumed.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
 
@@ -105,7 +110,7 @@ class QuantPlan:
             "text_encoder": self.text_encoder_qtype,
             "backend": {q: _backend_name(q) for q in {self.transformer_qtype, self.text_encoder_qtype} if q},
             "excluded_from_quantization": list(self.exclude),
-            "never_quantized": ["patch_embedding", "norms", "scale_shift_table", "rope"],
+            "never_quantized": ["patch_embedding", "norms", "scale_shift_table"],
             "ara": None if not self.ara_path else {"source": self.ara_source, "path": self.ara_path,
                                                    "other_linears": self.other_linears},
             "aitk_version": self.aitk_version,
@@ -156,9 +161,9 @@ def quantization_plan(model_block: dict, aitk_version: str | None, ara_path: str
     if model.get("layer_offloading"):
         raise HarnessError(None, "model.layer_offloading",
                            "not supported: with layer_offloading ai-toolkit swaps qfloat8 for torchao float8 weight-only "
-                           "quantization and streams layers through its MemoryManager; this harness does not reproduce "
-                           "that, so a render would be approximate. Compare with quantize/quantize_te off or without "
-                           "layer_offloading")
+                           "quantization (transformer and text encoder) and streams layers through its MemoryManager; "
+                           "this harness does not reproduce torchao's float8 arithmetic, so a render could only be "
+                           "approximate and the job is refused")
     if qtype in _TORCHAO_ONLY:
         raise HarnessError(None, "model.qtype", f"not supported: {qtype!r} is a torchao config "
                            f"({'Int8' if qtype == 'int8' else 'Float8'}WeightOnlyConfig) this harness does not reproduce")
@@ -178,13 +183,13 @@ def quantization_plan(model_block: dict, aitk_version: str | None, ara_path: str
         approximate.append("ai-toolkit 0.10.22 spans the commit that stopped quantizing condition_embedder*/proj_out* "
                            "(e7951ad2, 2026-07-10); assumed after it (kept bf16)")
 
-    for q in {qtype} if (quantize or quantize_te) else set():
-        if q in QUANTO_QTYPES and q not in VERIFIED_QTYPES:
-            approximate.append(f"{q}: run through optimum-quanto like ai-toolkit, but only qfloat8's arithmetic was "
-                               "verified (int weights take device-specific kernels in quanto)")
-        elif q in UINTX_BITS and q != "uint8":
-            approximate.append(f"{q}: plain-torch re-implementation of torchao 0.10 UIntXWeightOnlyConfig "
-                               f"(asymmetric, group {UINTX_GROUP}); no ai-toolkit render exists to verify it")
+    if qtype in QUANTO_QTYPES and qtype not in VERIFIED_QTYPES:
+        approximate.append(f"{qtype}: run through optimum-quanto like ai-toolkit, but only qfloat8's arithmetic was "
+                           "verified (int weights take device-specific kernels in quanto)")
+    elif qtype in UINTX_BITS and qtype != "uint8":
+        approximate.append(f"{qtype}: plain-torch re-implementation of torchao 0.10 UIntXWeightOnlyConfig "
+                           f"(asymmetric, group {UINTX_GROUP}; weights and linear outputs matched torchao 0.10.0 "
+                           "bit for bit on CPU); no ai-toolkit render exists to verify a whole preview")
     if qtype == "uint8":
         notes.append("qtype uint8 never quantized anything in ai-toolkit (torchao 0.10 raised, caught); weights stay bf16")
 
@@ -270,6 +275,8 @@ def _quantize_one(root: torch.nn.Module, name: str, module: torch.nn.Module, qty
         qmodule.freeze()
         if name:
             _set_module(root, name, qmodule)
+        for pname, _ in list(module.named_parameters(recurse=False)):  # free the bf16 copy now, as quanto does
+            setattr(module, pname, None)
         return True
     bits = UINTX_BITS[qtype]
     if not isinstance(module, torch.nn.Linear) or bits == 8:
@@ -341,7 +348,7 @@ def uintx_quantize_(linear: torch.nn.Linear, bits: int, group: int = UINTX_GROUP
     """Replace the weight by its uintX round trip; False (left as is) when ``in_features`` is not a multiple of
     ``group``, where torchao raised and ai-toolkit caught the error."""
     weight = linear.weight.data
-    if weight.ndim != 2 or weight.shape[1] % group != 0:
+    if bits >= 8 or weight.ndim != 2 or weight.shape[1] % group != 0:  # torchao 0.10 packs 1..7 bits only
         return False
     scale, zero_point = uintx_qparams(weight, bits, group)
     codes = uintx_codes(weight, scale, zero_point, bits, group)

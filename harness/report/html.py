@@ -375,6 +375,15 @@ def _regression_cell(entry) -> dict | None:
             "reasons": "; ".join(_reasons(entry))}
 
 
+def _fmt_delta(value) -> str:
+    v = baseline_mod.as_psnr(value)
+    if v is None:
+        return "—"
+    if math.isinf(v):
+        return "+∞" if v > 0 else "−∞"
+    return f"{v:+.2f}"
+
+
 def _reasons(entry: dict) -> list[str]:
     reasons = entry.get("reasons")
     if isinstance(reasons, (list, tuple)):
@@ -397,7 +406,7 @@ def _baseline_view(document: dict, sections: list) -> dict | None:
             "status": f"{fmt_value(entry.get('baseline_status'))} → {fmt_value(entry.get('status'))}",
             "bit_exact": f"{fmt_value(entry.get('baseline_bit_exact'))} → {fmt_value(entry.get('bit_exact'))}",
             "psnr": f"{fmt_psnr(entry.get('baseline_psnr_min'))} → {fmt_psnr(entry.get('psnr_min'))}",
-            "delta": fmt_psnr(entry.get("psnr_delta")),
+            "delta": _fmt_delta(entry.get("psnr_delta")),
             "reasons": _reasons(entry),
         })
     counts = info.get("counts") or {}

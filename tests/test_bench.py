@@ -1,0 +1,96 @@
+"""`wan-parity bench` on CPU: the tiny synthetic run end to end (JSON shape only, never timings), the A14B build on
+the meta device (real parameter counts, no memory), and the FLOP bound of the issue."""
+
+from __future__ import annotations
+
+import inspect
+import json
+
+import pytest
+import torch
+
+from harness import bench
+from harness.render import models as models_module
+
+
+def test_flop_bound_matches_the_issue():
+    d, f, layers = bench.transformer_dims(bench.A14B_TRANSFORMER_CONFIG)
+    assert (d, f, layers) == (5120, 13824, 40)
+    assert bench.tokens(1024, 1024, 41) == 45056
+    assert bench.tokens(832, 480, 41) == 17160
+    assert bench.flops_per_forward(45056, d, f, layers) / 1e15 == pytest.approx(2.76, abs=0.005)
+    assert bench.flops_per_forward(17160, d, f, layers) / 1e15 == pytest.approx(0.66, abs=0.005)
+
+
+def test_parse_size_refuses_unpatchable_sizes():
+    assert bench.parse_size("832x480x41") == (832, 480, 41)
+    for bad in ("830x480x41", "832x480x40", "832x480"):
+        with pytest.raises(ValueError):
+            bench.parse_size(bad)
+
+
+def test_a14b_builds_on_the_meta_device(tmp_path, capsys):
+    out = tmp_path / "meta.json"
+    assert bench.bench_main(["--synthetic", "a14b", "--device", "meta", "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    models = doc["models"]
+    assert models["transformer"]["params"] == models["transformer_2"]["params"] == 14_288_901_184
+    assert models["transformer"]["per_block_params"] == 351_394_304
+    assert 5.6e9 < models["text_encoder"]["params"] < 5.8e9  # UMT5-XXL encoder
+    assert 1.2e8 < models["vae"]["params"] < 1.3e8  # Wan 2.1 VAE
+    assert "14,288,901,184" in capsys.readouterr().out
+
+
+@pytest.fixture
+def offload_capable_load_bundle(monkeypatch):
+    """Stand-in for the coming `load_bundle(..., offload=...)`: same loading, offload ignored, so the bench's
+    pass-through path (synthetic modules handed to load_bundle) runs here."""
+    if "offload" in inspect.signature(models_module.load_bundle).parameters:
+        return
+    original = models_module.load_bundle
+
+    def load_bundle(base_dir, vae_dir, device, cast_whole_bf16=True, offload="none"):
+        return original(base_dir, vae_dir, device, cast_whole_bf16)
+
+    monkeypatch.setattr(models_module, "load_bundle", load_bundle)
+
+
+def test_tiny_bench_end_to_end_json_shape(tmp_path, offload_capable_load_bundle):
+    out, md = tmp_path / "bench.json", tmp_path / "bench.md"
+    argv = ["--synthetic", "tiny", "--device", "cpu", "--sizes", "32x32x5", "--preview-steps", "4", "--previews", "2",
+            "--modes", "exact,fast", "--compile-backend", "aot_eager", "--offload", "none,experts",
+            "--json", str(out), "--markdown", str(md)]
+    with torch.random.fork_rng(devices=[]):
+        assert bench.bench_main(argv) == 0
+    doc = json.loads(out.read_text())
+    assert doc["schema"] == bench.SCHEMA and doc["complete"] is True
+    assert {"machine", "peak", "models", "flop_bound", "rows", "n_previews", "offload_identical", "fast"} <= set(doc)
+    assert doc["flop_bound"]["32x32x5"]["tokens"] == 2 * 2 * 2
+    phases = {(r["phase"], r["mode"], r["offload"]) for r in doc["rows"]}
+    for phase in ("instantiate", "text encode (2 prompts)", "vae encode (condition)", "step high (cond+uncond)",
+                  "step low (cond+uncond)", "vae decode", "render (4 steps)", "preview (4 steps)"):
+        assert (phase, "exact", "none") in phases, phase
+    assert ("step high (cond+uncond)", "fast", "none") in phases
+    assert ("render (4 steps)", "exact", "experts") in phases
+    assert ("lora switch (unmerged)", "exact", "none") in phases
+    for r in doc["rows"]:
+        assert {"phase", "mode", "exact", "offload", "size", "seconds", "status", "extrapolated", "note"} <= set(r)
+        assert r["exact"] == (r["mode"] == "exact")
+    steps = [r for r in doc["rows"] if r["phase"].startswith("step ") and r["mode"] == "exact"]
+    assert all(r["ratio_to_bound"] > 0 and r["flop_bound_s"] > 0 for r in steps)
+    # the same weights give the same bytes whatever the placement, and one process equals loading per preview
+    assert doc["offload_identical"] == {"experts 32x32x5": True}
+    assert doc["n_previews"]["bit_identical"] is True and doc["n_previews"]["measured"] is True
+    assert doc["fast_vs_exact"]["32x32x5"]["max_abs_levels"] >= 0
+    assert "| phase |" in md.read_text()
+
+
+def test_unavailable_offload_is_recorded_not_fatal(tmp_path, monkeypatch):
+    if "offload" in inspect.signature(models_module.load_bundle).parameters:
+        pytest.skip("load_bundle has an offload parameter in this checkout")
+    out = tmp_path / "bench.json"
+    argv = ["--synthetic", "tiny", "--device", "cpu", "--sizes", "32x32x5", "--preview-steps", "4", "--previews", "0",
+            "--modes", "exact", "--offload", "none,sequential", "--lora-rank", "0", "--json", str(out)]
+    assert bench.bench_main(argv) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert any(r["offload"] == "sequential" and r["status"] == "not available" for r in rows)
