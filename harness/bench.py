@@ -559,6 +559,7 @@ class Bench:
         self.fast_sizes = [parse_size(s) for s in args.fast_sizes.split(",") if s.strip()] if args.fast_sizes else self.sizes
         self.hashes: dict[tuple, str] = {}
         self.render_s: dict[tuple, float] = {}
+        self.resident_steps: dict[str, dict] = {}
         self.frames: dict[tuple, np.ndarray] = {}
         d, f, layers = transformer_dims(self.models.configs["transformer"])
         self.dims = (d, f, layers)
@@ -677,22 +678,31 @@ class Bench:
         self.row("instantiate", seconds, offload=offload, peak=self.clock.peak(), note=note)
         return bundle
 
-    def render_rows(self, bundle, size, mode: str, offload: str, prompts) -> dict | None:
+    def render_rows(self, bundle, size, mode: str, offload: str, prompts, steps: int | None = None) -> dict | None:
         label = self.size_label(size)
-        steps = short_render_steps(self.profile, self.args.steps_timed)
+        steps = steps or short_render_steps(self.profile, self.args.steps_timed)
         sample = _sample(*size, steps=steps)
         image = _control_image(size[0], size[1], seed=7)
+        self.doc["in_progress"] = f"{mode} {offload} {label} {steps}-step render"
+        self.save()
         result = timed_render(bundle, sample, image, self.profile, prompts, self.clock)
-        key = (mode, offload, label)
-        self.hashes[key] = result["sha256"]
+        self.doc.pop("in_progress", None)
+        self.hashes[(mode, offload, label, steps)] = result["sha256"]
         if mode == "exact" and offload == "none":
-            self.frames[label] = result["frames"]
+            self.frames[(label, steps)] = result["frames"]
         peaks = result["peaks"]
         if result["text_forwards"]:
             self.row("text encode (2 prompts)", result["text_encode_s"], mode, offload, label,
                      peak=_max_peak(peaks["text_encode"]), note=f"UMT5, {TEXT_LEN} tokens each")
         self.row("vae encode (condition)", result["vae_encode_s"], mode, offload, label, peak=_max_peak(peaks["vae_encode"]))
         by_expert = step_times_by_expert(result)
+        if offload == "none" and all(t["timed"] for t in by_expert.values()):
+            self.resident_steps[label] = by_expert
+        if offload == "experts" and label in self.resident_steps:
+            # after its swap-in an expert runs exactly as resident: extrapolate with the resident step times
+            extrapolate_with = self.resident_steps[label]
+        else:
+            extrapolate_with = by_expert
         bound = self.bound(size)
         for expert, times in by_expert.items():
             step_peaks = [p for p, e in zip(peaks["steps"], result["experts"]) if e == expert]
@@ -701,12 +711,13 @@ class Bench:
                      flop_bound_s=round(bound["step_bound_s"], 4),
                      ratio_to_bound=round(times["median_s"] / bound["step_bound_s"], 3),
                      achieved_tflops=round(2 * bound["pflop_per_forward"] * 1e3 / times["median_s"], 1),
-                     note=f"median of {times['timed']} step(s) after the expert's first ({times['first_s']:.3f}s)")
+                     note=(f"median of {times['timed']} step(s) after the expert's first ({times['first_s']:.3f}s)"
+                           if times["timed"] else "the expert's only step (includes moving its weights in)"))
         self.row("vae decode", result["vae_decode_s"], mode, offload, label, peak=_max_peak(peaks["vae_decode"]))
         all_peaks = [p for group in peaks.values() for p in group]
         self.row(f"render ({steps} steps)", result["total_s"], mode, offload, label, peak=_max_peak(all_peaks),
                  sha256=result["sha256"], note="measured: render_sample end to end")
-        preview = extrapolate_preview(result, by_expert, self.profile, self.args.preview_steps)
+        preview = extrapolate_preview(result, extrapolate_with, self.profile, self.args.preview_steps)
         extrapolated = self.args.preview_steps != steps
         self.row(f"preview ({self.args.preview_steps} steps)", preview, mode, offload, label, extrapolated=extrapolated,
                  note=(f"extrapolated: the {steps}-step render + {self.args.preview_steps - steps} more steps at the "
@@ -715,10 +726,10 @@ class Bench:
         result["steps"] = steps
         return result
 
-    def guarded_render(self, bundle, size, mode: str, offload: str, prompts) -> dict | None:
+    def guarded_render(self, bundle, size, mode: str, offload: str, prompts, steps: int | None = None) -> dict | None:
         """``render_rows``, with out-of-memory recorded as a row instead of ending the benchmark."""
         try:
-            result = self.render_rows(bundle, size, mode, offload, prompts)
+            result = self.render_rows(bundle, size, mode, offload, prompts, steps)
         except torch.OutOfMemoryError as exc:
             self.row("render", None, mode, offload, self.size_label(size), status="error",
                      note=f"out of memory: {str(exc).splitlines()[0][:160]}", peak=self.clock.peak())
@@ -726,17 +737,33 @@ class Bench:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
             return None
-        self.render_s[(mode, offload, self.size_label(size))] = result["total_s"]
+        self.render_s[(mode, offload, self.size_label(size), result["steps"])] = result["total_s"]
+        self.exactness_summary()
         return result
 
-    def estimate(self, size, mode: str, offload: str) -> float:
-        """Seconds a render phase will take, for the budget check: the resident exact render of that size times a
-        factor (offload moves weights; fast mode compiles first), or --reserve-s before anything is measured."""
-        base = self.render_s.get(("exact", "none", self.size_label(size)))
+    def estimate(self, size, mode: str, offload: str, steps: int | None = None) -> float:
+        """Seconds a render phase will take, for the budget check: the resident exact render of that size, plus for
+        offload modes the weights it moves at the measured host<->device rate, plus compiling for fast mode;
+        --reserve-s before anything is measured."""
+        steps = steps or short_render_steps(self.profile, self.args.steps_timed)
+        label = self.size_label(size)
+        base = self.render_s.get(("exact", "none", label, steps))
         if base is None:
-            return self.args.reserve_s
-        factor = {"none": 1.0, "experts": 1.6, "sequential": 3.0}.get(offload, 2.0)
-        return base * factor + (self.args.compile_estimate_s if mode == "fast" else 0.0)
+            measured = [(k[3], v) for k, v in self.render_s.items() if k[:3] == ("exact", "none", label)]
+            if not measured:
+                return self.args.reserve_s
+            k, v = measured[0]
+            base = v * steps / k
+        moved = 0.0
+        if offload != "none":
+            stats = self.doc.get("models", {})
+            expert = stats.get("transformer", {}).get("gib", 0) * GIB
+            text = stats.get("text_encoder", {}).get("gib", 0) * GIB
+            rate = self.doc.get("host_device_gbps", 2.0) * 1e9
+            forwards = 2 * steps  # CFG
+            per_render = 2 * text + 2 * expert if offload == "experts" else 2 * (forwards * expert + 2 * text)
+            moved = per_render / rate
+        return base + moved + (self.args.compile_estimate_s if mode == "fast" else 0.0)
 
     def measured_preview(self, bundle, size, prompts) -> None:
         """Tiny only: a real full-length preview, to check the extrapolation."""
@@ -896,14 +923,10 @@ class Bench:
         tmp = Path(tmp_root.name)
         try:
             if "none" in offloads:
-                self.run_resident(modes, tmp, PromptCache)
-            for offload in (o for o in offloads if o != "none"):
-                self.run_offload(offload, PromptCache)
-            if "fast" in modes:  # last: it rebuilds the resident bundle (same seed, same weights)
-                if "none" in offloads:
-                    self.run_fast(PromptCache)
-                else:
-                    self.row("fast mode", None, mode="fast", status="skipped", note="fast mode runs on the offload-none bundle")
+                self.run_resident(modes, offloads, tmp, PromptCache)
+            else:
+                for offload in offloads:
+                    self.run_offload(offload, PromptCache)
             if self.args.synthetic == "tiny" and self.args.previews:
                 self.n_previews_tiny(tmp)
             self.exactness_summary()
@@ -914,11 +937,15 @@ class Bench:
         print_table(self.doc)
         return 0
 
-    def run_resident(self, modes, tmp: Path, PromptCache) -> None:
+    def run_resident(self, modes, offloads, tmp: Path, PromptCache) -> None:
+        """One bundle built on the device; offload modes switch it in place (``ModelBundle.set_offload``) when the
+        harness has that, so every mode renders the very same weights. Order: exact, LoRA, experts, fast, sequential
+        (slowest last, so a time budget cuts it first)."""
         bundle = self.build("none")
         instantiate_s = self.rows[-1]["seconds"]
         prompts = PromptCache()
         first = None
+        other = [o for o in offloads if o != "none"]
         if "exact" in modes:
             for size in self.sizes:
                 if self.over_budget(self.estimate(size, "exact", "none")):
@@ -928,6 +955,9 @@ class Bench:
                 first = first or result
                 if result and self.args.synthetic == "tiny" and self.args.preview_steps != result["steps"]:
                     self.measured_preview(bundle, size, prompts)
+                offload_steps = self.offload_steps()
+                if result and other and result["steps"] != offload_steps:  # the reference the offload renders match
+                    self.guarded_render(bundle, size, "exact", "none", prompts, steps=offload_steps)
         lora_s = None
         if self.args.lora_rank and not self.over_budget(30.0):
             switch = self.lora_switch(bundle, tmp)
@@ -936,14 +966,56 @@ class Bench:
                 self.lora_step(bundle, self.sizes[0], prompts, switch["paths"]["a"])
         if first is not None and self.args.synthetic == "a14b":
             self.n_previews_derived(instantiate_s, first, lora_s)
+        in_place = hasattr(bundle, "set_offload")
+        order = [o for o in ("experts",) if o in other] + (["fast"] if "fast" in modes else []) + \
+                [o for o in other if o != "experts"]
+        for step in order:
+            if step == "fast":
+                self.run_fast(bundle, prompts)
+            elif in_place:
+                self.run_offload_in_place(bundle, step, prompts)
+            else:
+                del bundle, prompts
+                self.release()
+                self.run_offload(step, PromptCache)
+                bundle, prompts = self.models.bundle(), PromptCache()
         del bundle, prompts
         self.release()
 
-    def run_fast(self, PromptCache) -> None:
+    def offload_steps(self) -> int:
+        return short_render_steps(self.profile, 0) if self.args.offload_steps is None else self.args.offload_steps
+
+    def run_offload_in_place(self, bundle, offload: str, prompts) -> None:
+        """``bundle.set_offload(mode)``: weights move, nothing reloads; render, then move back to resident."""
+        steps = self.offload_steps()
+        sizes = [s for s in self.sizes if not self.over_budget(self.estimate(s, "exact", offload, steps) + 30)]
+        if not sizes:
+            self.row("offload switch", None, offload=offload, status="skipped", note="time budget")
+            return
+        self.clock.reset_peak()
+        t0 = self.clock.now()
+        bundle.set_offload(offload)
+        seconds = self.clock.now() - t0
+        moved = sum(p.numel() * p.element_size() for m in (bundle.transformer, bundle.transformer_2, bundle.text_encoder)
+                    for p in m.parameters() if p.device.type == "cpu")
+        if offload == "experts" and seconds > 0 and moved:
+            self.doc["host_device_gbps"] = round(moved / seconds / 1e9, 2)
+        self.row("offload switch", seconds, offload=offload, peak=self.clock.peak(),
+                 note=f"bundle.set_offload({offload!r}) in place: {moved / GIB:.1f} GiB moved to the host"
+                      + (f" ({moved / seconds / 1e9:.2f} GB/s)" if seconds > 0 and moved else ""))
+        for size in self.sizes:
+            if size not in sizes or self.over_budget(self.estimate(size, "exact", offload, steps)):
+                self.row("render", None, offload=offload, size=self.size_label(size), status="skipped", note="time budget")
+                continue
+            self.guarded_render(bundle, size, "exact", offload, prompts, steps=steps)
+        t0 = self.clock.now()
+        bundle.set_offload("none")
+        self.row("offload switch", self.clock.now() - t0, offload="none", note=f"back from {offload} to resident")
+
+    def run_fast(self, bundle, prompts) -> None:
         if all(self.over_budget(self.estimate(size, "fast", "none")) for size in self.fast_sizes):
             self.row("render", None, mode="fast", status="skipped", note="time budget")
             return
-        bundle, prompts = self.models.bundle(), PromptCache()
         backend, skipped = pick_attention_backend(self.device)
         self.doc["fast"] = {"attention_backend": backend, "passed_over": skipped, "compile": "torch.compile per "
                             "WanTransformerBlock, fullgraph=False, default mode", "compile_backend": self.args.compile_backend}
@@ -954,7 +1026,7 @@ class Bench:
                     self.row("render", None, mode="fast", size=label, status="skipped", note="time budget")
                     continue
                 result = self.guarded_render(bundle, size, "fast", "none", prompts)
-                exact = self.frames.get(label)
+                exact = self.frames.get((label, result["steps"])) if result else None
                 if result is not None and exact is not None:
                     diff = np.abs(result["frames"].astype(np.int16) - exact.astype(np.int16))
                     self.doc.setdefault("fast_vs_exact", {})[label] = {
@@ -963,10 +1035,9 @@ class Bench:
         self.rows.append({"phase": "note", "mode": "fast", "exact": False, "offload": "none", "size": "-",
                           "seconds": None, "status": "ok", "extrapolated": False,
                           "note": f"fast: attention backend {backend}; the first step of each expert includes compiling"})
-        del bundle, prompts
-        self.release()
 
     def run_offload(self, offload: str, PromptCache) -> None:
+        """Offload through ``load_bundle(..., offload=...)`` given the synthetic modules (harness without set_offload)."""
         if not offload_supported():
             self.row("instantiate", None, offload=offload, status="not available",
                      note="load_bundle has no offload parameter in this checkout")
@@ -981,19 +1052,20 @@ class Bench:
             return
         prompts = PromptCache()
         for size in self.sizes:
-            if self.over_budget(self.estimate(size, "exact", offload)):
+            if self.over_budget(self.estimate(size, "exact", offload, self.offload_steps())):
                 self.row("render", None, offload=offload, size=self.size_label(size), status="skipped", note="time budget")
                 continue
-            self.guarded_render(bundle, size, "exact", offload, prompts)
+            self.guarded_render(bundle, size, "exact", offload, prompts, steps=self.offload_steps())
         del bundle, prompts
         self.release()
 
     def exactness_summary(self) -> None:
-        """Offload modes must give the same bytes as the resident exact render."""
+        """Offload modes must give the same bytes as the resident exact render of the same size and steps."""
         same = {}
-        for (mode, offload, label), digest in self.hashes.items():
-            if mode == "exact" and offload != "none" and ("exact", "none", label) in self.hashes:
-                same[f"{offload} {label}"] = digest == self.hashes[("exact", "none", label)]
+        for (mode, offload, label, steps), digest in self.hashes.items():
+            reference = self.hashes.get(("exact", "none", label, steps))
+            if mode == "exact" and offload != "none" and reference is not None:
+                same[f"{offload} {label} {steps} steps"] = digest == reference
         self.doc["offload_identical"] = same
 
 
@@ -1081,6 +1153,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", help="WxHxF list (default a14b: 832x480x41,1024x1024x41; tiny: 64x64x9,96x48x9)")
     p.add_argument("--fast-sizes", help="sizes for --modes fast (default: --sizes)")
     p.add_argument("--steps-timed", type=int, default=1, help="timed denoising steps per expert after its first")
+    p.add_argument("--offload-steps", type=int, help="steps of the offload-mode renders (default: one per expert); "
+                   "the resident mode renders the same for the byte comparison")
     p.add_argument("--preview-steps", type=int, default=30, help="steps of the (extrapolated) full preview")
     p.add_argument("--previews", type=int, default=4, help="N for the N-previews-in-one-process comparison")
     p.add_argument("--json", type=Path, help="write the results JSON here (rewritten after every row)")

@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_filters(dia)
     dia.add_argument("--out", type=Path, default=Path("parity-out/diagnose"))
     dia.add_argument("--families", help="only these knob families (comma-separated): profile, shift, boundary, lora, "
-                                        "multiplier, merge, posterior, dtype, seed, negative, resize")
+                                        "multiplier, merge, posterior, dtype, seed, negative, resize, quantization")
     dia.add_argument("--force", action="store_true", help="sweep even previews that are already bit-exact")
 
     chk = sub.add_parser("selfcheck", help="render one preview twice; fail loudly if this stack is nondeterministic")

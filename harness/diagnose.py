@@ -87,7 +87,7 @@ from .runner import Engine, PreviewTarget, RunOptions, choose_profile, profile_s
 
 SCHEMA = "wan-parity/diagnosis@1"
 FAMILIES = ("profile", "shift", "boundary", "lora", "multiplier", "merge", "posterior", "dtype", "seed", "negative",
-            "resize")
+            "resize", "quantization")
 SHIFTS = (3.0, 5.0)
 BOUNDARIES = (0.875, 0.9)
 MULTIPLIER_GRID = (0.0, 0.5, 1.0)
@@ -115,6 +115,7 @@ class Knobs:
     lora: bool  # whether the preview's LoRA is applied at all
     merged: bool
     resize: str = "stretch"
+    quantization: object = "job"  # "job" (the job's plan), a quant.QuantPlan, or None (bf16)
 
 
 @dataclass(frozen=True)
@@ -228,6 +229,8 @@ def variants_for(target: PreviewTarget, base: Knobs, families=None) -> list[Vari
                 out.append(Variant(name, "negative", f"{what} instead of {s.negative_prompt!r:.40}",
                                    lambda k, neg=neg: replace(k, sample=replace(k.sample, negative_prompt=neg)),
                                    f"the preview used {what} (check the sample block's `neg` and `--n` flags)"))
+    if "quantization" in wanted:
+        out += _quantization_variants(target)
     if "resize" in wanted:
         if base.resize == "stretch":
             out.append(Variant("centre crop", "resize", "control image centre-cropped to the aspect, then LANCZOS",
@@ -238,6 +241,26 @@ def variants_for(target: PreviewTarget, base: Knobs, families=None) -> list[Vari
             out.append(Variant("LANCZOS stretch", "resize", "control image stretched with LANCZOS (ai-toolkit)",
                                lambda k: replace(k, resize="stretch"), "the control image was stretched, as ai-toolkit does"))
     return out
+
+
+def _quantization_variants(target: PreviewTarget) -> list[Variant]:
+    """bf16 vs the job's quantization: "previews were quantized, inference isn't" is a top real drift cause."""
+    from .render.quant import quantization_plan
+    from .runner import aitk_version, quantization_for
+
+    try:
+        job_plan = quantization_for(target)
+    except HarnessError:
+        return []
+    if job_plan is not None:
+        return [Variant("bf16 (no quantization)", "quantization", "unquantized bf16 transformer and text encoder",
+                        lambda k: replace(k, quantization=None),
+                        "the preview was rendered on an unquantized bf16 model, not the job's "
+                        f"{job_plan.describe().get('transformer', 'quantized')} one")]
+    qfloat8 = quantization_plan({"quantize": True, "quantize_te": True, "qtype": "qfloat8"}, aitk_version(target))
+    return [Variant("qfloat8 (UI default)", "quantization", "transformer and text encoder quantized to qfloat8",
+                    lambda k: replace(k, quantization=qfloat8),
+                    "the preview was rendered on a qfloat8-quantized model (ai-toolkit's UI default `quantize: true`)")]
 
 
 def _multiplier_variants(base: Knobs) -> list[Variant]:
@@ -322,6 +345,9 @@ def changes(base: Knobs, variant: Knobs) -> dict:
         out["lora_path"] = "merged" if variant.merged else "unmerged"
     if variant.resize != base.resize:
         out["resize"] = variant.resize
+    if variant.quantization != base.quantization:
+        plan = variant.quantization
+        out["quantization"] = "bf16" if plan is None else plan.describe().get("transformer")
     return out
 
 
@@ -396,7 +422,7 @@ def effective_key(ctx: _Context, knobs: Knobs) -> tuple:
     if resize == "center-crop" and center_crop_box(ctx.ctrl_size, s.width, s.height) == (0, 0, *ctx.ctrl_size):
         resize = "stretch"
     negative = s.negative_prompt if s.guidance_scale > 1.0 else None
-    return schedule, p.posterior, p.cast_whole_bf16, s.seed, negative, lora, resize
+    return schedule, p.posterior, p.cast_whole_bf16, s.seed, negative, lora, resize, knobs.quantization
 
 
 def _render_identity(engine: Engine, ctx: _Context) -> tuple:
@@ -411,7 +437,8 @@ def _render_identity(engine: Engine, ctx: _Context) -> tuple:
 def render_knobs(engine: Engine, target: PreviewTarget, knobs: Knobs, ctx: _Context | None = None) -> np.ndarray:
     """Render the preview under ``knobs`` through ``Engine.render`` itself; returns the uint8 frames."""
     render, _, _ = engine.render(target, profile=knobs.profile, sample=knobs.sample, multiplier=knobs.multiplier,
-                                 merged=knobs.merged, use_lora=knobs.lora, resize=knobs.resize)
+                                 merged=knobs.merged, use_lora=knobs.lora, resize=knobs.resize,
+                                 quantization=knobs.quantization)
     return render.frames
 
 

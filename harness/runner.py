@@ -181,7 +181,8 @@ class Engine:
             self.loras = {key: read_lora_file(path)} | {k: v for k, v in list(self.loras.items())[-3:]}
         return self.loras[key]
 
-    def _bundle(self, target: PreviewTarget, profile):
+    def _bundle(self, target: PreviewTarget, profile, quantization="job"):
+        """The loaded models for a target; ``quantization`` is the job's plan ("job"), a plan, or None (bf16)."""
         merged_map = target.path_map
         base, base_note = resolve_model(target.model_name, merged_map, self.options.base_model, file=target.config_file)
         vae_override = self.options.vae or target.vae
@@ -189,13 +190,13 @@ class Engine:
             vae, vae_note = Path(vae_override), f"VAE from {vae_override}"
         else:
             vae, vae_note = resolve_vae(base)
-        plan = quantization_for(target, self.options.ara)
+        plan = quantization_for(target, self.options.ara) if quantization == "job" else quantization
         bundle = self.models.get(base, vae, self.device_for(target), cast_whole_bf16=profile.cast_whole_bf16,
                                  quantization=plan, offload=self.options.offload)
         return bundle, [n for n in (base_note, vae_note) if n], merged_map
 
     def render(self, target: PreviewTarget, *, profile=None, sample=None, multiplier=None, merged=None,
-               use_lora: bool = True, resize: str = "stretch"):
+               use_lora: bool = True, resize: str = "stretch", quantization="job"):
         """Render one preview exactly; returns (render, profile, notes).
 
         The keyword arguments override one setting at a time (the drift diagnosis); left out, the preview renders
@@ -214,7 +215,7 @@ class Engine:
             profile, profile_why = choose_profile(target, self.options.profile)
         else:
             profile_why = f"profile {profile.name} (override)"
-        bundle, notes, merged_map = self._bundle(target, profile)
+        bundle, notes, merged_map = self._bundle(target, profile, quantization)
         sample = sample or preview.sample
         ctrl, ctrl_note = resolve_ctrl_img(sample.ctrl_img, merged_map, target.search_dirs, file=target.config_file,
                                            field=f"sample.samples[{sample.index}].ctrl_img")

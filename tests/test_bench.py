@@ -71,7 +71,7 @@ def test_tiny_bench_end_to_end_json_shape(tmp_path, offload_capable_load_bundle)
                   "step low (cond+uncond)", "vae decode", "render (4 steps)", "preview (4 steps)"):
         assert (phase, "exact", "none") in phases, phase
     assert ("step high (cond+uncond)", "fast", "none") in phases
-    assert ("render (4 steps)", "exact", "experts") in phases
+    assert ("render (2 steps)", "exact", "experts") in phases  # offload renders: one step per expert
     assert ("lora switch (unmerged)", "exact", "none") in phases
     for r in doc["rows"]:
         assert {"phase", "mode", "exact", "offload", "size", "seconds", "status", "extrapolated", "note"} <= set(r)
@@ -79,7 +79,7 @@ def test_tiny_bench_end_to_end_json_shape(tmp_path, offload_capable_load_bundle)
     steps = [r for r in doc["rows"] if r["phase"].startswith("step ") and r["mode"] == "exact"]
     assert all(r["ratio_to_bound"] > 0 and r["flop_bound_s"] > 0 for r in steps)
     # the same weights give the same bytes whatever the placement, and one process equals loading per preview
-    assert doc["offload_identical"] == {"experts 32x32x5": True}
+    assert doc["offload_identical"] == {"experts 32x32x5 2 steps": True}
     assert doc["n_previews"]["bit_identical"] is True and doc["n_previews"]["measured"] is True
     assert doc["fast_vs_exact"]["32x32x5"]["max_abs_levels"] >= 0
     assert "| phase |" in md.read_text()

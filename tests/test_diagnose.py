@@ -8,7 +8,6 @@ from the runner would not match bit-exactly and the test would fail.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import time
@@ -110,12 +109,24 @@ def _wrong_knob_goldens():
         return _golden(world, "negative", _with_sample(world["target"], negative_prompt=""))
 
     def resize(world, mp):
-        crop = functools.partial(conditioning.load_control_image, resize="center-crop")
+        original = conditioning.load_control_image
+
+        def crop(*args, **kwargs):  # whatever resize the caller asks for, the golden is centre-cropped
+            return original(*args, **{**kwargs, "resize": "center-crop"})
         return _golden(world, "resize", world["target"], mp,
                        lambda m: m.setattr(conditioning, "load_control_image", crop))
 
+    def quantized(world, mp):
+        from harness import runner
+        from harness.render.quant import quantization_plan
+
+        plan = quantization_plan({"quantize": True, "quantize_te": True, "qtype": "qfloat8"}, "0.12.26")
+        return _golden(world, "quantized", world["target"], mp,
+                       lambda m: m.setattr(runner, "quantization_for", lambda target, ara=None: plan))
+
     return [
         ("profile", "runcomfy", profile),
+        ("quantization", "qfloat8 (UI default)", quantized),
         ("shift", "shift 5", via_profile(shift=5.0)),
         ("boundary", "boundary 0.9", via_profile(boundary=0.9)),
         ("multiplier", "multiplier 1", multiplier),
@@ -189,7 +200,8 @@ def test_every_variant_changes_exactly_one_knob(world):
     assert len(names) == len(set(names))
     knob_of = {"profile": {"profile"}, "shift": {"shift"}, "boundary": {"boundary"}, "lora": {"lora"},
                "multiplier": {"multiplier"}, "merge": {"lora_path"}, "posterior": {"posterior"},
-               "dtype": {"cast_whole_bf16"}, "seed": {"seed"}, "negative": {"negative_prompt"}, "resize": {"resize"}}
+               "dtype": {"cast_whole_bf16"}, "seed": {"seed"}, "negative": {"negative_prompt"}, "resize": {"resize"},
+               "quantization": {"quantization"}}
     for v in variants:
         assert set(dg.changes(ctx.base, v.apply(ctx.base))) == knob_of[v.family], v.name
     assert {v.name for v in variants if v.family == "profile"} == set(PROFILES) - {BASE_PROFILE}
