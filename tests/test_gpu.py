@@ -81,3 +81,26 @@ def test_offload_modes_give_identical_bytes(cuda_engine, mode):
         finally:
             cuda_engine.options.offload = "none"
         assert np.array_equal(resident.frames, offloaded.frames), f"{mode} changed {target.key}"
+
+
+@pytest.mark.skipif(not CUDA_TARGETS, reason=f"CUDA oracle not found at {ORACLE_CUDA}")
+def test_quantized_render_is_deterministic_and_identical_across_offload_modes(cuda_engine):
+    """qfloat8 (quanto) on CUDA: the unmerged LoRA on quantized bases, same bytes in every memory mode."""
+    from harness.render.quant import quantization_plan
+
+    plan = quantization_plan({"quantize": True, "quantize_te": True, "qtype": "qfloat8"}, "0.12.26")
+    target = _pick("cuda_a", 2)
+    frames = {}
+    try:
+        for mode in ("none", "none", "experts", "sequential"):
+            cuda_engine.options.offload = mode
+            render, _, _ = cuda_engine.render(target, quantization=plan)
+            frames.setdefault(mode, []).append(render.frames)
+    finally:
+        cuda_engine.options.offload = "none"
+    reference = frames["none"][0]
+    assert np.array_equal(reference, frames["none"][1]), "quantized CUDA render is nondeterministic"
+    for mode in ("experts", "sequential"):
+        assert np.array_equal(reference, frames[mode][0]), f"{mode} changed the quantized render"
+    bf16, _, _ = cuda_engine.render(target)
+    assert not np.array_equal(reference, bf16.frames), "quantization made no difference"
