@@ -246,6 +246,7 @@ def cmd_diagnose(args) -> int:
         else:
             print(f"{entry['key']}: {entry['status']}: {entry.get('explanation') or entry.get('message') or ''}")
     print(f"diagnosis: {Path(args.out) / 'diagnosis.json'}", file=sys.stderr)
+    print(f"report: {document.get('report') or document.get('report_error')}", file=sys.stderr)
     return code
 
 

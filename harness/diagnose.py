@@ -58,7 +58,9 @@ steps; 19 renders). On a busy 2-core machine, 2 threads took 3.5x longer than 1.
           same_as,     # variant whose render this one shares (identical effective settings), or null
           seconds      # render + comparison time (0 when shared)
         }]
-      }]
+      }],
+      report,          # path of diagnosis.html (the same table as HTML), or null
+      report_error     # only when writing the page failed
     }
 
 Exit code of ``diagnose_main``: 0 when every preview was already exact or its explanation was found (unreproducible
@@ -717,6 +719,14 @@ def diagnose_main(targets: list[PreviewTarget], options: RunOptions, out_dir, fa
     document = {"schema": SCHEMA, "environment": engine.environment(), "families": list(wanted),
                 "summary": summarize(entries, time.perf_counter() - started), "diagnoses": entries}
     write_json_atomic(Path(out_dir) / "diagnosis.json", document)
+    try:  # the page is a view of diagnosis.json: never lose the diagnosis or its exit code to it
+        from .report import write_diagnosis_report
+
+        document["report"] = str(write_diagnosis_report(document, out_dir))
+    except Exception as exc:
+        document["report"] = None
+        document["report_error"] = f"diagnosis.html could not be written ({type(exc).__name__}: {exc})"
+    write_json_atomic(Path(out_dir) / "diagnosis.json", document)  # with the page's path: the file stays the document
     return document, exit_code(entries)
 
 

@@ -1,10 +1,11 @@
 """HTML parity report: ``write_report`` for one results document, ``merge_documents`` for shards,
 ``build_report`` / ``report_main`` for ``wan-parity report RESULTS.json... --out DIR [--baseline PREVIOUS.json]``,
-``compare_to_baseline`` for night-over-night regressions."""
+``compare_to_baseline`` for night-over-night regressions, ``write_diagnosis_report`` for ``wan-parity diagnose``
+(``write_report(..., diagnosis=...)`` shows the same drift-diagnosis blocks next to the results)."""
 
 from .baseline import attach_baseline, compare_to_baseline, regression_count
 from .html import (ReportOutcome, build_report, load_baseline, load_documents, merge_documents, report_main,
-                   write_report)
+                   write_diagnosis_report, write_report)
 
 __all__ = ["ReportOutcome", "attach_baseline", "build_report", "compare_to_baseline", "load_baseline",
-           "load_documents", "merge_documents", "regression_count", "report_main", "write_report"]
+           "load_documents", "merge_documents", "regression_count", "report_main", "write_diagnosis_report", "write_report"]

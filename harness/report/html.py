@@ -1,5 +1,9 @@
 """The HTML parity report: one self-contained page per results document, opened from disk.
 
+With a drift diagnosis (``diagnosis.json`` from ``wan-parity diagnose``), each preview that was diagnosed shows a
+"Drift diagnosis" block: the one-sentence explanation, then the variants ranked by encoded PSNR against the golden
+(best row highlighted); ``write_diagnosis_report`` writes the same blocks as ``diagnosis.html`` without results.
+
 Pictures are PNG files under ``<out>/report_assets/<run-id>/`` (or inline ``data:`` URIs with
 ``inline=True``), all written by this module; the page loads nothing from the network and runs no
 script (its Content-Security-Policy forbids both). Every string from the results document is
@@ -29,6 +33,7 @@ from .knobs import STACKS, config_diff, profile_info, summarize_trace
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 ASSETS_DIR = "report_assets"
 REPORT_NAME = "report.html"
+DIAGNOSIS_REPORT_NAME = "diagnosis.html"
 STATUSES = ("pass", "fail", "error", "unreproducible")
 _RUN_DIR = re.compile(r"^r\d{8}T\d{6}-[0-9a-f]{8}$")
 
@@ -200,6 +205,7 @@ class Section:
     notes: list[str] = field(default_factory=list)
     profile_line: str = ""
     regression: dict | None = None
+    diagnoses: list = field(default_factory=list)  # diagnosis.DiagnosisView for this key (usually zero or one)
 
 
 def _metrics_rows(r: dict) -> list[dict]:
@@ -454,10 +460,43 @@ def _jinja():
     return env
 
 
-def render_html(document: dict, assets: Assets, search_dirs=()) -> str:
+def _attach_diagnoses(diagnosis: dict | None, sections: list[Section]) -> dict | None:
+    """Put each diagnosis on the section of its key; the rest get sections of their own. None without a diagnosis."""
+    if diagnosis is None:
+        return None
+    from . import diagnosis as dmod
+
+    by_key = {str(sec.result.get("key")): sec for sec in sections if sec.result.get("key") is not None}
+    orphans: dict[str, list] = {}  # key -> views, in document order; their section ids are x0, x1, ...
+    views = []
+    for entry in dmod.entries(diagnosis):
+        key = str(entry.get("key"))
+        sec = by_key.get(key)
+        if sec is not None:
+            base, same_key = sec.id, sec.diagnoses
+        else:
+            if key not in orphans:
+                orphans[key] = []
+            base, same_key = f"x{list(orphans).index(key)}", orphans[key]
+        view = dmod.build_view(entry, f"{base}-diagnosis" + (f"-{len(same_key) + 1}" if same_key else ""))
+        same_key.append(view)
+        views.append(view)
+    families = diagnosis.get("families")
+    return {
+        "total": len(views),
+        "orphans": sum(len(v) for v in orphans.values()),
+        "families": ", ".join(str(f) for f in families) if isinstance(families, list) and families else "—",
+        "overview": [dmod.overview_row(v) for v in views],
+        "orphans_sections": [{"id": f"x{i}", "key": views_[0].key, "diagnoses": views_}
+                             for i, views_ in enumerate(orphans.values())],
+    }
+
+
+def render_html(document: dict, assets: Assets, search_dirs=(), diagnosis: dict | None = None) -> str:
     results = list(document.get("results") or [])
     environment = document.get("environment") or {}
     sections = [build_section(i, r, environment, assets, search_dirs) for i, r in enumerate(results)]
+    diagnosed = _attach_diagnoses(diagnosis, sections)
     c = counts(results)
     overall = "error" if c["error"] else ("fail" if c["fail"] else ("pass" if results else "unknown"))
     from .. import __version__
@@ -473,8 +512,9 @@ def render_html(document: dict, assets: Assets, search_dirs=()) -> str:
         environment=_environment_rows(document),
         shards=_shard_rows(document),
         duplicates=document.get("duplicates") or [],
-        summary=[_summary_row(s) for s in sections],
+        summary=[_summary_row(s) | {"diagnoses": s.diagnoses} for s in sections],
         sections=sections,
+        diagnosed=diagnosed,
         baseline=_baseline_view(document, sections),
         stacks=STACKS,
         colorbar=colorbar,
@@ -483,8 +523,12 @@ def render_html(document: dict, assets: Assets, search_dirs=()) -> str:
     )
 
 
-def write_report(document: dict, out_dir: Path, *, inline: bool = False, search_dirs=()) -> Path:
+def write_report(document: dict, out_dir: Path, *, inline: bool = False, search_dirs=(), diagnosis=None) -> Path:
     """Write ``out_dir/report.html`` (atomically) and its pictures; returns the page's path.
+
+    ``diagnosis``: a diagnosis document (``diagnosis.json`` as a dict, or its path) whose entries are shown as
+    "Drift diagnosis" blocks in the sections of their keys (keys without a result get sections of their own).
+    Without it the page is exactly the plain report.
 
     ``inline=True`` embeds the pictures as data: URIs (one file, heavier); otherwise they go to
     ``out_dir/report_assets/<run-id>/`` and earlier runs' asset folders are removed once the new page
@@ -492,15 +536,68 @@ def write_report(document: dict, out_dir: Path, *, inline: bool = False, search_
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if diagnosis is not None:
+        from .diagnosis import check_document
+
+        diagnosis = check_document(diagnosis)
     assets = Assets(out_dir, inline)
     target = out_dir / REPORT_NAME
     try:
-        page = render_html(document, assets, [*search_dirs, out_dir])
+        page = render_html(document, assets, [*search_dirs, out_dir], diagnosis=diagnosis)
         write_text_atomic(target, page)
     except BaseException:
         assets.discard()
         raise
     assets.prune_older()
+    return target
+
+
+def render_diagnosis_html(diagnosis: dict) -> str:
+    """The page of ``wan-parity diagnose``: environment, summary counts, an overview and one block per diagnosis."""
+    from . import diagnosis as dmod
+    from .. import __version__
+
+    views = [dmod.build_view(entry, f"d{n}") for n, entry in enumerate(dmod.entries(diagnosis))]
+    statuses = {v.status_class for v in views}
+    unexplained = sum(1 for v in views if v.status_class == "unexplained")
+    errors = sum(1 for v in views if v.status_class == "error")
+    if not views:
+        overall, banner = "unknown", "no previews were diagnosed"
+    elif errors:
+        overall, banner = "error", f"{errors} preview{'s' if errors != 1 else ''} could not be diagnosed (bad input)"
+    elif unexplained:
+        overall, banner = "fail", f"{unexplained} preview{'s' if unexplained != 1 else ''}: no single knob explains the drift"
+    elif statuses <= {"exact", "unreproducible"}:
+        overall, banner = "pass", "every reproducible preview is already bit-exact"
+    else:
+        overall, banner = "pass", "every drifting preview has an explanation"
+    families = diagnosis.get("families")
+    return _jinja().get_template("diagnosis.html").render(
+        title=f"Wan 2.2 I2V drift diagnosis — {len(views)} preview{'s' if len(views) != 1 else ''}",
+        generated=_dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z"),
+        harness_version=__version__,
+        schema=fmt_value(diagnosis.get("schema", dmod.SCHEMA)),
+        families=", ".join(str(f) for f in families) if isinstance(families, list) and families else "—",
+        overall=overall, banner=banner,
+        counts=dmod.summary_counts(diagnosis),
+        environment=_environment_rows({"environment": diagnosis.get("environment") or {}}),
+        overview=[dmod.overview_row(v) for v in views],
+        views=views,
+    )
+
+
+def write_diagnosis_report(diagnosis_document, out_dir) -> Path:
+    """Write ``out_dir/diagnosis.html`` (atomically) for a diagnosis document (a dict or a diagnosis.json path).
+
+    The page has no pictures and loads nothing; its blocks are the ones ``write_report(..., diagnosis=...)`` shows.
+    """
+    from .diagnosis import check_document
+
+    document = check_document(diagnosis_document)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / DIAGNOSIS_REPORT_NAME
+    write_text_atomic(target, render_diagnosis_html(document))
     return target
 
 
@@ -640,13 +737,15 @@ def load_baseline(path) -> dict:
         raise HarnessError(path, "--baseline", str(exc)) from None
 
 
-def build_report(paths, out_dir, baseline=None, psnr_drop_db: float = 1.0, *, inline: bool = False) -> ReportOutcome:
+def build_report(paths, out_dir, baseline=None, psnr_drop_db: float = 1.0, *, inline: bool = False,
+                 diagnosis=None) -> ReportOutcome:
     """``wan-parity report RESULTS.json... --out DIR [--baseline PREVIOUS.json]``.
 
     Loads and merges the inputs, compares them with ``baseline`` when given (see
     :func:`harness.report.baseline.compare_to_baseline`), writes ``DIR/report.html`` and, with several inputs
     or a baseline, ``DIR/results.merged.json`` (the merged document with the comparison attached: keep it as
-    the next night's baseline). Problems with the inputs raise :class:`~harness.errors.HarnessError`.
+    the next night's baseline). ``diagnosis`` (a diagnosis.json path or document) adds the drift-diagnosis blocks.
+    Problems with the inputs raise :class:`~harness.errors.HarnessError`.
     """
     if not paths:
         raise HarnessError(None, "report", "give at least one results JSON file or output folder")
@@ -667,7 +766,7 @@ def build_report(paths, out_dir, baseline=None, psnr_drop_db: float = 1.0, *, in
     if len(docs) > 1 or baseline is not None:
         merged_path = write_json_atomic(out_dir / "results.merged.json", merged)
     unique_dirs = list(dict.fromkeys(dirs))
-    page = write_report(merged, out_dir, inline=inline, search_dirs=unique_dirs)
+    page = write_report(merged, out_dir, inline=inline, search_dirs=unique_dirs, diagnosis=diagnosis)
     info = merged.get("baseline") or {}
     return ReportOutcome(path=page, document=merged, regression_count=baseline_mod.regression_count(merged),
                          missing_count=len(info.get("missing") or []), merged_path=merged_path)
