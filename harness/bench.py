@@ -13,8 +13,9 @@ one-time costs included) plus the measured per-expert step time; every extrapola
 
 ``--modes fast`` compiles each transformer block (``torch.compile``, ``fullgraph=False``, default mode) and picks the
 best attention backend that works on the device; it is declared non-exact and reported in separate rows.
-``--offload`` modes are passed through to ``load_bundle(..., offload=...)`` when that parameter exists (the synthetic
-modules are handed to it in place of ``from_pretrained``); otherwise they are recorded as not available.
+``--offload experts|sequential`` switches the same bundle in place with ``ModelBundle.set_offload`` (what
+``load_bundle(..., offload=...)`` and the model cache call), renders one step per expert, compares the bytes with the
+resident render of the same steps, and switches back; without ``set_offload`` they are recorded as not available.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import dataclasses
 import datetime
 import gc
 import hashlib
-import inspect
 import json
 import math
 import platform
@@ -212,8 +212,7 @@ def _param_stats(model: torch.nn.Module) -> dict:
 class SyntheticModels:
     """Builds each component from its config with seeded random bf16 weights on ``device``.
 
-    The same seed gives the same weights on the same device, so every offload mode renders with identical weights.
-    ``to`` is where the finished module is handed over (``load_bundle`` receives CPU modules, like from_pretrained).
+    The same seed gives the same weights on the same device. ``to`` is where the finished module is handed over.
     """
 
     def __init__(self, kind: str, device, seed: int = 0):
@@ -269,47 +268,6 @@ class SyntheticModels:
         return ModelBundle(base_dir=synthetic, vae_dir=synthetic, device=self.device, transformer=transformer,
                            transformer_2=transformer_2, vae=vae, text_encoder=text_encoder, tokenizer=self.tokenizer(),
                            cast_whole_bf16=True, notes=[f"synthetic {self.kind} model, random bf16 weights"])
-
-
-def offload_supported() -> bool:
-    from .render.models import load_bundle
-
-    return "offload" in inspect.signature(load_bundle).parameters
-
-
-@contextlib.contextmanager
-def synthetic_loaders(models: SyntheticModels):
-    """Make ``load_bundle`` receive the synthetic modules instead of reading a folder; yields a fake model folder.
-
-    The modules are handed over on the CPU (as ``from_pretrained`` returns them), so ``load_bundle``'s own placement
-    (offload) code decides where they live.
-    """
-    from unittest import mock
-
-    from diffusers import AutoencoderKLWan, WanTransformer3DModel
-    from transformers import UMT5EncoderModel
-
-    from .render import models as models_module
-
-    def fake_transformer(cls, path, *args, subfolder=None, **kwargs):
-        name = subfolder or Path(str(path)).name
-        return models.transformer("low" if name == "transformer_2" else "high", to="cpu")
-
-    def fake_vae(cls, path, *args, **kwargs):
-        return models.vae(to="cpu")
-
-    def fake_text_encoder(cls, path, *args, **kwargs):
-        return models.text_encoder(to="cpu")
-
-    with tempfile.TemporaryDirectory(prefix="wan-bench-") as tmp:
-        base = Path(tmp)
-        for sub in ("transformer", "transformer_2", "text_encoder", "tokenizer", "vae"):
-            (base / sub).mkdir()
-        with mock.patch.object(WanTransformer3DModel, "from_pretrained", classmethod(fake_transformer)), \
-                mock.patch.object(AutoencoderKLWan, "from_pretrained", classmethod(fake_vae)), \
-                mock.patch.object(UMT5EncoderModel, "from_pretrained", classmethod(fake_text_encoder)), \
-                mock.patch.object(models_module, "load_tokenizer", lambda path: models.tokenizer()):
-            yield base
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -661,21 +619,13 @@ class Bench:
         self.row("bf16 GEMM peak", None, note=f"{peak['tflops']} TFLOP/s measured ({peak['gemm']})", tflops=peak["tflops"])
         self.doc["flop_bound"] = {self.size_label(s): self.bound(s) for s in self.sizes}
 
-    def build(self, offload: str):
-        """Instantiate the bundle for an offload mode; returns it or None (row says why)."""
+    def build(self):
+        """Instantiate the resident bundle on the device (seconds: no host round trip, no fp32 copy)."""
         self.clock.reset_peak()
         t0 = self.clock.now()
-        if offload == "none":
-            bundle = self.models.bundle()
-            note = "built on the device from the configs (random bf16 weights)"
-        else:
-            from .render.models import load_bundle
-
-            with synthetic_loaders(self.models) as folder:
-                bundle = load_bundle(folder, folder / "vae", self.device, offload=offload)
-            note = f"load_bundle(offload={offload!r}) given the synthetic modules (built on the device, handed over on CPU)"
-        seconds = self.clock.now() - t0
-        self.row("instantiate", seconds, offload=offload, peak=self.clock.peak(), note=note)
+        bundle = self.models.bundle()
+        self.row("instantiate", self.clock.now() - t0, peak=self.clock.peak(),
+                 note="built on the device from the configs (random bf16 weights)")
         return bundle
 
     def render_rows(self, bundle, size, mode: str, offload: str, prompts, steps: int | None = None) -> dict | None:
@@ -922,11 +872,7 @@ class Bench:
         tmp_root = tempfile.TemporaryDirectory(prefix="wan-bench-")
         tmp = Path(tmp_root.name)
         try:
-            if "none" in offloads:
-                self.run_resident(modes, offloads, tmp, PromptCache)
-            else:
-                for offload in offloads:
-                    self.run_offload(offload, PromptCache)
+            self.run_resident(modes, offloads, tmp, PromptCache)
             if self.args.synthetic == "tiny" and self.args.previews:
                 self.n_previews_tiny(tmp)
             self.exactness_summary()
@@ -938,10 +884,10 @@ class Bench:
         return 0
 
     def run_resident(self, modes, offloads, tmp: Path, PromptCache) -> None:
-        """One bundle built on the device; offload modes switch it in place (``ModelBundle.set_offload``) when the
-        harness has that, so every mode renders the very same weights. Order: exact, LoRA, experts, fast, sequential
+        """One bundle built on the device; offload modes switch it in place (``ModelBundle.set_offload``), so every
+        mode renders the very same weights; the resident renders always run (they are the byte reference). Order: exact, LoRA, experts, fast, sequential
         (slowest last, so a time budget cuts it first)."""
-        bundle = self.build("none")
+        bundle = self.build()
         instantiate_s = self.rows[-1]["seconds"]
         prompts = PromptCache()
         first = None
@@ -975,10 +921,8 @@ class Bench:
             elif in_place:
                 self.run_offload_in_place(bundle, step, prompts)
             else:
-                del bundle, prompts
-                self.release()
-                self.run_offload(step, PromptCache)
-                bundle, prompts = self.models.bundle(), PromptCache()
+                self.row("offload switch", None, offload=step, status="not available",
+                         note="ModelBundle has no set_offload in this checkout")
         del bundle, prompts
         self.release()
 
@@ -1035,29 +979,6 @@ class Bench:
         self.rows.append({"phase": "note", "mode": "fast", "exact": False, "offload": "none", "size": "-",
                           "seconds": None, "status": "ok", "extrapolated": False,
                           "note": f"fast: attention backend {backend}; the first step of each expert includes compiling"})
-
-    def run_offload(self, offload: str, PromptCache) -> None:
-        """Offload through ``load_bundle(..., offload=...)`` given the synthetic modules (harness without set_offload)."""
-        if not offload_supported():
-            self.row("instantiate", None, offload=offload, status="not available",
-                     note="load_bundle has no offload parameter in this checkout")
-            return
-        if self.over_budget(self.estimate(self.sizes[0], "exact", offload) + self.rows_seconds("instantiate")):
-            self.row("instantiate", None, offload=offload, status="skipped", note="time budget")
-            return
-        try:
-            bundle = self.build(offload)
-        except (TypeError, ValueError, NotImplementedError) as exc:
-            self.row("instantiate", None, offload=offload, status="not available", note=str(exc)[:200])
-            return
-        prompts = PromptCache()
-        for size in self.sizes:
-            if self.over_budget(self.estimate(size, "exact", offload, self.offload_steps())):
-                self.row("render", None, offload=offload, size=self.size_label(size), status="skipped", note="time budget")
-                continue
-            self.guarded_render(bundle, size, "exact", offload, prompts, steps=self.offload_steps())
-        del bundle, prompts
-        self.release()
 
     def exactness_summary(self) -> None:
         """Offload modes must give the same bytes as the resident exact render of the same size and steps."""

@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     chk.add_argument("--preview", type=int, default=0, help="which reproducible preview (default the first)")
     chk.add_argument("--out", type=Path, default=Path("parity-out/selfcheck"))
 
+    sub.add_parser("bench", help="time the exact path on the real A14B architecture with random weights",
+                   add_help=False, prefix_chars="\0")  # options are bench's own: `wan-parity bench --help`
+
     demo = sub.add_parser("demo", help="build a tiny model offline, run the bundled case, write the report")
     demo.add_argument("--out", type=Path, default=Path("parity-out/demo"))
     return parser
@@ -268,6 +271,15 @@ COMMANDS = {"run": cmd_run, "import": cmd_import, "report": cmd_report, "calibra
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # its own parser (harness.bench); only the error handling is shared
+        from .bench import bench_main
+
+        try:
+            return bench_main(argv[1:])
+        except HarnessError as exc:
+            print(f"error: {exc.line()}", file=sys.stderr)
+            return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

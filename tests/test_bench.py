@@ -3,14 +3,12 @@ the meta device (real parameter counts, no memory), and the FLOP bound of the is
 
 from __future__ import annotations
 
-import inspect
 import json
 
 import pytest
 import torch
 
 from harness import bench
-from harness.render import models as models_module
 
 
 def test_flop_bound_matches_the_issue():
@@ -41,21 +39,7 @@ def test_a14b_builds_on_the_meta_device(tmp_path, capsys):
     assert "14,288,901,184" in capsys.readouterr().out
 
 
-@pytest.fixture
-def offload_capable_load_bundle(monkeypatch):
-    """Stand-in for the coming `load_bundle(..., offload=...)`: same loading, offload ignored, so the bench's
-    pass-through path (synthetic modules handed to load_bundle) runs here."""
-    if "offload" in inspect.signature(models_module.load_bundle).parameters:
-        return
-    original = models_module.load_bundle
-
-    def load_bundle(base_dir, vae_dir, device, cast_whole_bf16=True, offload="none"):
-        return original(base_dir, vae_dir, device, cast_whole_bf16)
-
-    monkeypatch.setattr(models_module, "load_bundle", load_bundle)
-
-
-def test_tiny_bench_end_to_end_json_shape(tmp_path, offload_capable_load_bundle):
+def test_tiny_bench_end_to_end_json_shape(tmp_path):
     out, md = tmp_path / "bench.json", tmp_path / "bench.md"
     argv = ["--synthetic", "tiny", "--device", "cpu", "--sizes", "32x32x5", "--preview-steps", "4", "--previews", "2",
             "--modes", "exact,fast", "--compile-backend", "aot_eager", "--offload", "none,experts",
@@ -83,14 +67,3 @@ def test_tiny_bench_end_to_end_json_shape(tmp_path, offload_capable_load_bundle)
     assert doc["n_previews"]["bit_identical"] is True and doc["n_previews"]["measured"] is True
     assert doc["fast_vs_exact"]["32x32x5"]["max_abs_levels"] >= 0
     assert "| phase |" in md.read_text()
-
-
-def test_unavailable_offload_is_recorded_not_fatal(tmp_path, monkeypatch):
-    if "offload" in inspect.signature(models_module.load_bundle).parameters:
-        pytest.skip("load_bundle has an offload parameter in this checkout")
-    out = tmp_path / "bench.json"
-    argv = ["--synthetic", "tiny", "--device", "cpu", "--sizes", "32x32x5", "--preview-steps", "4", "--previews", "0",
-            "--modes", "exact", "--offload", "none,sequential", "--lora-rank", "0", "--json", str(out)]
-    assert bench.bench_main(argv) == 0
-    rows = json.loads(out.read_text())["rows"]
-    assert any(r["offload"] == "sequential" and r["status"] == "not available" for r in rows)

@@ -138,6 +138,14 @@ def merged_weight(weight: torch.Tensor, layer: LoraLayer, multiplier: float, dev
     return (weight.to(device).float() + delta * multiplier).to(weight.dtype).to(weight.device)
 
 
+def _park(weight: torch.Tensor) -> torch.Tensor:
+    """Keep the exact original bf16 weight on the host while merged: a GPU copy of every targeted weight of a 14B
+    expert would not fit beside the model (the restore is a copy back, bit-exact either way)."""
+    if weight.device.type == "cpu":
+        return weight
+    return weight.to("cpu", copy=True).pin_memory() if torch.cuda.is_available() else weight.to("cpu")
+
+
 @contextmanager
 def applied(path_by_expert: dict, layers_by_expert: dict, transformers: dict, multiplier: float, merged: bool,
             compute_device=None):
@@ -159,8 +167,9 @@ def applied(path_by_expert: dict, layers_by_expert: dict, transformers: dict, mu
                 if merged:
                     if not (layer.up.any() and layer.down.any()):
                         continue
-                    saved.append((linear, linear.weight.data))
-                    linear.weight.data = merged_weight(linear.weight.data, layer, m, compute_device)
+                    original = linear.weight.data
+                    linear.weight.data = merged_weight(original, layer, m, compute_device)
+                    saved.append((linear, _park(original)))
                 else:
                     m_tensor = torch.tensor([m], dtype=torch.float32)
                     handles.append(linear.register_forward_hook(_unmerged_hook(layer, m_tensor)))
