@@ -26,6 +26,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .render.schedule import UNIPC_FLOW_CONFIG
+
 __all__ = [
     "TRANSFORMER_CONFIG",
     "VAE_CONFIG",
@@ -111,18 +113,7 @@ TEXT_ENCODER_CONFIG = dict(
 )
 
 # Same flow-matching UniPC settings ai-toolkit and the real checkpoint use for Wan 2.2 14B.
-SCHEDULER_CONFIG = dict(
-    prediction_type="flow_prediction",
-    use_flow_sigmas=True,
-    flow_shift=3.0,
-    num_train_timesteps=1000,
-    solver_order=2,
-    solver_type="bh2",
-    predict_x0=True,
-    lower_order_final=True,
-    final_sigmas_type="zero",
-    timestep_spacing="linspace",
-)
+SCHEDULER_CONFIG = dict(UNIPC_FLOW_CONFIG)  # what Wan2.2-I2V-A14B-Diffusers ships: UniPC, flow shift 3
 
 BOUNDARY_RATIO = 0.9  # Wan2.2-I2V-A14B-Diffusers model_index.json
 

@@ -10,24 +10,27 @@ from .profiles import SamplerProfile
 
 NUM_TRAIN_TIMESTEPS = 1000
 
+# ai-toolkit's UniPC settings of the 2025-08 to 2026-04 era (PARITY §7.1); the shift comes from the profile.
+UNIPC_FLOW_CONFIG = dict(
+    num_train_timesteps=NUM_TRAIN_TIMESTEPS,
+    prediction_type="flow_prediction",
+    use_flow_sigmas=True,
+    flow_shift=3.0,
+    solver_order=2,
+    solver_type="bh2",
+    predict_x0=True,
+    lower_order_final=True,
+    final_sigmas_type="zero",
+    timestep_spacing="linspace",
+)
+
 
 def make_scheduler(profile: SamplerProfile):
     """A fresh scheduler per render: UniPC keeps a multistep history, so it must never be shared."""
     if profile.scheduler == "euler":
         return FlowMatchEulerDiscreteScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS, shift=profile.shift)
     if profile.scheduler == "unipc":
-        return UniPCMultistepScheduler(
-            num_train_timesteps=NUM_TRAIN_TIMESTEPS,
-            prediction_type="flow_prediction",
-            use_flow_sigmas=True,
-            flow_shift=profile.shift,
-            solver_order=2,
-            solver_type="bh2",
-            predict_x0=True,
-            lower_order_final=True,
-            final_sigmas_type="zero",
-            timestep_spacing="linspace",
-        )
+        return UniPCMultistepScheduler(**{**UNIPC_FLOW_CONFIG, "flow_shift": profile.shift})
     raise ValueError(f"unknown scheduler {profile.scheduler!r}")
 
 
