@@ -89,6 +89,20 @@ def profile_for_aitk_version(version: str | None) -> tuple[SamplerProfile, str]:
     return PROFILES[name], f"ai-toolkit {version} from the LoRA metadata"
 
 
+# Versions whose version.py covered a sampler change, read from ai-toolkit's git history: 0.9.3 was bumped at
+# 0c18b393 (2026-04-16 13:09, still UniPC) and the switch to FlowMatch Euler landed at ab1ee4df (20:53 the same day)
+# before 0.9.4 (be540947). A LoRA saying 0.9.3 may come from either; both are tried, the better match is kept.
+AMBIGUOUS_VERSIONS = {(0, 9, 3): ("aitk-euler", "aitk-unipc")}
+
+
+def alternative_profiles(version: str | None) -> list[SamplerProfile]:
+    """Other profiles ai-toolkit of this version may have sampled with (empty when the version is unambiguous)."""
+    if not version:
+        return []
+    names = AMBIGUOUS_VERSIONS.get(_version_tuple(version)[:3], ())
+    return [PROFILES[name] for name in names[1:]]
+
+
 def with_overrides(profile: SamplerProfile, **changes) -> SamplerProfile:
     """A variant of a profile (used by the diagnosis); it no longer claims exactness unless unchanged."""
     if not changes:
