@@ -7,14 +7,10 @@ Results are written per preview and atomically, so an interrupted run keeps what
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import numpy as np
 
 from .errors import HarnessError
 from .fsutil import write_json_atomic

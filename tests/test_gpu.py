@@ -14,7 +14,7 @@ from harness.paths import PathMap
 from harness.runner import Engine, RunOptions
 from harness.targets import from_output_dir
 
-from .oracle_paths import ORACLE_CUDA, PATH_MAP, TINY_MODEL, output_dir
+from .oracle_paths import ORACLE_CUDA, PATH_MAP, TINY_MODEL
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible")]
 
