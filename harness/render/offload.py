@@ -31,33 +31,66 @@ def _blocks(module: torch.nn.Module) -> list[torch.nn.Module]:
 
 
 class BlockStreamer:
-    """Forward hooks that bring one block onto the compute device for its forward and send it back afterwards."""
+    """Forward hooks that bring one block onto the compute device for its forward and back afterwards.
+
+    Blocks wait in pinned host memory; going back is free: the block's parameters are pointed at the host tensors
+    they had before the forward (a forward never changes weights), so no device-to-host copy is made. Whatever those
+    host tensors are (the originals, or a merged LoRA's weights) is exactly what the next forward uploads.
+    """
 
     def __init__(self, module: torch.nn.Module, device: torch.device):
         self.device = device
         self.handles = []
+        self._host: dict[int, list] = {}
         blocks = _blocks(module)
-        block_ids = {id(b) for b in blocks}
+        in_blocks = {id(p) for b in blocks for p in b.parameters()}
         for child in module.modules():  # everything outside the blocks stays resident
-            if id(child) in block_ids:
-                continue
             for name, param in child.named_parameters(recurse=False):
-                if not any(param is p for b in blocks for p in b.parameters()):
+                if id(param) not in in_blocks:
                     param.data = param.data.to(device)
-            for name, buf in child.named_buffers(recurse=False):
-                child._buffers[name] = buf.to(device)
         for block in blocks:
-            block.to(HOST)
+            for child in block.modules():
+                for name, buf in child.named_buffers(recurse=False):
+                    child._buffers[name] = buf.to(HOST)
+                for param in child.parameters(recurse=False):
+                    param.data = _pinned(param.data.to(HOST))
             self.handles.append(block.register_forward_pre_hook(self._onload))
             self.handles.append(block.register_forward_hook(self._offload))
+        inside = {id(m) for b in blocks for m in b.modules()}
+        for child in (m for m in module.modules() if id(m) not in inside):
+            for name, buf in child.named_buffers(recurse=False):
+                child._buffers[name] = buf.to(device)
 
     def _onload(self, block, args):
-        block.to(self.device)
+        saved = []
+        for child in block.modules():
+            for param in child.parameters(recurse=False):
+                saved.append((param, param.data))
+                param.data = param.data.to(self.device, non_blocking=True)
+            for name, buf in list(child._buffers.items()):
+                if buf is not None:
+                    saved.append((child, name, buf))
+                    child._buffers[name] = buf.to(self.device, non_blocking=True)
+        self._host[id(block)] = saved
 
     def _offload(self, block, args, output):
-        block.to(HOST)
+        for entry in self._host.pop(id(block), []):
+            if len(entry) == 2:
+                entry[0].data = entry[1]
+            else:
+                entry[0]._buffers[entry[1]] = entry[2]
 
     def remove(self) -> None:
         for handle in self.handles:
             handle.remove()
         self.handles.clear()
+
+
+def _pinned(tensor: torch.Tensor) -> torch.Tensor:
+    """Page-locked host memory makes uploads several times faster; quantized tensor types may not support it."""
+    if not torch.cuda.is_available():
+        return tensor
+    try:
+        return tensor.pin_memory()
+    except (RuntimeError, TypeError, NotImplementedError):
+        return tensor
