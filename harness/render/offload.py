@@ -53,7 +53,8 @@ class BlockStreamer:
                 for name, buf in child.named_buffers(recurse=False):
                     child._buffers[name] = buf.to(HOST)
                 for param in child.parameters(recurse=False):
-                    param.data = _pinned(param.data.to(HOST))
+                    moved = param.data.to(HOST)
+                    param.data = _pinned(moved) if type(moved) is torch.Tensor else moved
             self.handles.append(block.register_forward_pre_hook(self._onload))
             self.handles.append(block.register_forward_hook(self._offload))
         inside = {id(m) for b in blocks for m in b.modules()}
@@ -62,6 +63,9 @@ class BlockStreamer:
                 child._buffers[name] = buf.to(device)
 
     def _onload(self, block, args):
+        if not _plain(block):  # quantized weights (quanto tensor subclasses) only move through Module.to
+            block.to(self.device)
+            return
         saved = []
         for child in block.modules():
             for param in child.parameters(recurse=False):
@@ -74,6 +78,9 @@ class BlockStreamer:
         self._host[id(block)] = saved
 
     def _offload(self, block, args, output):
+        if not _plain(block):
+            block.to(HOST)
+            return
         for entry in self._host.pop(id(block), []):
             if len(entry) == 2:
                 entry[0].data = entry[1]
@@ -84,6 +91,11 @@ class BlockStreamer:
         for handle in self.handles:
             handle.remove()
         self.handles.clear()
+
+
+def _plain(block: torch.nn.Module) -> bool:
+    """Whether every parameter is a plain tensor, so pointing ``param.data`` elsewhere is a faithful move."""
+    return all(type(p.data) is torch.Tensor for p in block.parameters())
 
 
 def _pinned(tensor: torch.Tensor) -> torch.Tensor:
