@@ -37,6 +37,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .demo_model import TRANSFORMER_CONFIG as TINY_TRANSFORMER_CONFIG
+
 BF16 = torch.bfloat16
 GIB = 1024**3
 SCHEMA = "wan-parity-bench/1"
@@ -46,24 +48,17 @@ TEXT_LEN = 512  # UMT5 sequence length the pipeline always pads to
 # Real public configs (Wan-AI/Wan2.2-I2V-A14B-Diffusers; DIFFUSERS-FACTS.md §6)
 # ---------------------------------------------------------------------------------------------------------------------
 
-A14B_TRANSFORMER_CONFIG = dict(
-    patch_size=(1, 2, 2),
-    num_attention_heads=40,
-    attention_head_dim=128,  # dim 5120
-    in_channels=36,
-    out_channels=16,
-    text_dim=4096,
-    freq_dim=256,
-    ffn_dim=13824,
-    num_layers=40,
-    cross_attn_norm=True,
-    qk_norm="rms_norm_across_heads",
-    eps=1e-6,
-    image_dim=None,
-    added_kv_proj_dim=None,
-    rope_max_seq_len=1024,
-    pos_embed_seq_len=None,
-)
+# The tiny demo transformer shares the architecture; only the sizes differ.
+A14B_TRANSFORMER_CONFIG = {
+    **TINY_TRANSFORMER_CONFIG,
+    "num_attention_heads": 40,
+    "attention_head_dim": 128,  # dim 5120
+    "text_dim": 4096,
+    "freq_dim": 256,
+    "ffn_dim": 13824,
+    "num_layers": 40,
+    "rope_max_seq_len": 1024,
+}
 
 UMT5_XXL_CONFIG = dict(  # google/umt5-xxl encoder, as shipped in the Wan 2.2 text_encoder/ folder
     vocab_size=256384,

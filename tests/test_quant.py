@@ -24,14 +24,6 @@ EXTRAS = ("condition_embedder.time_embedder.linear_1", "condition_embedder.time_
 DEFAULT_JOB = {"quantize": True, "qtype": "qfloat8", "quantize_te": True, "qtype_te": "qfloat8"}  # the UI default
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _two_threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     from harness.demo_model import build_tiny_model

@@ -10,14 +10,6 @@ from harness.render.rng import PreviewRng, latent_shape
 BF16 = torch.bfloat16
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _two_threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(previous)
-
-
 def test_latent_shape():
     assert latent_shape(9, 64, 48) == (1, 16, 3, 8, 6)
     assert latent_shape(1, 64, 64) == (1, 16, 1, 8, 8)

@@ -21,14 +21,6 @@ ORACLE = Path(__file__).resolve().parents[1].parent / "shared" / "oracle"
 BF16 = torch.bfloat16
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _two_threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(previous)
-
-
 # --- PARITY §7.4, typed in from the table -------------------------------------------------------------------------
 
 EULER_25_T = [

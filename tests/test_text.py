@@ -17,14 +17,6 @@ needs_oracle = pytest.mark.skipif(not ORACLE.is_dir(), reason=f"oracle folder {O
 BF16 = torch.bfloat16
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _two_threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def oracle_tokenizer():
     from harness.render.models import load_tokenizer
