@@ -15,14 +15,6 @@ BF16 = torch.bfloat16
 INNER, FFN, RANK = 16, 32, 4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _two_threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _tiny_transformer(seed: int):
     """A real diffusers WanTransformer3DModel, 2 blocks, inner dim 16, bf16 (so module names are the real ones)."""
     from diffusers import WanTransformer3DModel
