@@ -15,7 +15,8 @@ one-time costs included) plus the measured per-expert step time; every extrapola
 best attention backend that works on the device; it is declared non-exact and reported in separate rows.
 ``--offload experts|sequential`` switches the same bundle in place with ``ModelBundle.set_offload`` (what
 ``load_bundle(..., offload=...)`` and the model cache call), renders one step per expert, compares the bytes with the
-resident render of the same steps, and switches back; without ``set_offload`` they are recorded as not available.
+resident render of the same steps; both modes share the pinned host homes of the weights (``render/offload.py``).
+``--quantize`` ends with ai-toolkit's default quantized sampling model (qfloat8 experts and text encoder).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import hashlib
 import json
 import math
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -179,6 +181,22 @@ def measure_matmul_peak(device: torch.device, clock: Clock) -> dict:
     del a, b
     tflops = 2 * n**3 * iters / seconds / 1e12
     return {"tflops": round(tflops, 1) if tflops > 10 else float(f"{tflops:.3g}"), "gemm": f"{n}x{n}x{n} bf16", "iterations": iters}
+
+
+def measure_attention(device: torch.device, clock: Clock, L: int, heads: int, head_dim: int) -> dict:
+    """Throughput of the exact path's self-attention (``F.scaled_dot_product_attention``, the kernel diffusers'
+    "native" backend reaches) at the render's shape: the part of a step the GEMM peak cannot account for."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    q, k, v = (torch.randn(1, heads, L, head_dim, device=device, dtype=BF16, generator=gen) for _ in range(3))
+    iters = 5 if device.type == "cuda" else 1
+    torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    t0 = clock.now()
+    for _ in range(iters):
+        torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    seconds = (clock.now() - t0) / iters
+    del q, k, v
+    flops = 4.0 * L * L * heads * head_dim  # QK^T and PV
+    return {"seconds": seconds, "tflops": round(flops / seconds / 1e12, 1)}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -482,15 +500,6 @@ def write_synthetic_lora(path: Path, model: torch.nn.Module, rank: int, seed: in
     return path
 
 
-def _merged_extra_bytes(layers_by_expert: dict, transformers: dict) -> int:
-    """``applied(merged=True)`` keeps the original of every targeted weight while the merged one is in use."""
-    total = 0
-    for expert, layers in layers_by_expert.items():
-        modules = dict(transformers[expert].named_modules())
-        total += sum(modules[name].weight.numel() * modules[name].weight.element_size() for name in layers)
-    return total
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # The benchmark
 # ---------------------------------------------------------------------------------------------------------------------
@@ -525,7 +534,7 @@ class Bench:
 
     def row(self, phase: str, seconds: float | None, mode: str = "exact", offload: str = "none", size: str = "-",
             status: str = "ok", note: str = "", extrapolated: bool = False, peak: dict | None = None, **extra) -> dict:
-        entry = {"phase": phase, "mode": mode, "exact": mode == "exact", "offload": offload, "size": size,
+        entry = {"phase": phase, "mode": mode, "exact": mode != "fast", "offload": offload, "size": size,
                  "seconds": None if seconds is None else round(seconds, 4), "status": status,
                  "extrapolated": extrapolated, "note": note}
         entry.update(peak or {})
@@ -566,6 +575,11 @@ class Bench:
         nominal = self.doc["peak"].get("nominal_tflops")
         if nominal:
             out["step_bound_nominal_s"] = 2 * fwd / (nominal * 1e12)
+        attention = self.doc.get("attention", {}).get(self.size_label(size))
+        if attention:  # what the exact path can reach: GEMM work at the GEMM peak, self-attention at SDPA's rate
+            d, _, layers = self.dims
+            rest = fwd - layers * 4.0 * d * L * L
+            out["step_attainable_s"] = 2 * (rest / peak + layers * attention["seconds"])
         return out
 
     # -- phases --------------------------------------------------------------------------------------------------
@@ -611,6 +625,15 @@ class Bench:
             peak["nominal_note"] = "H100 SXM dense bf16 (no sparsity): 989 TFLOP/s"
         self.doc["peak"] = peak
         self.row("bf16 GEMM peak", None, note=f"{peak['tflops']} TFLOP/s measured ({peak['gemm']})", tflops=peak["tflops"])
+        if self.device.type == "cuda":
+            config = self.models.configs["transformer"]
+            self.doc["attention"] = {
+                self.size_label(s): measure_attention(self.device, self.clock, tokens(*s), config["num_attention_heads"],
+                                                      config["attention_head_dim"]) for s in self.sizes}
+            for label, a in self.doc["attention"].items():
+                self.row("self-attention (SDPA)", a["seconds"], size=label, tflops=a["tflops"],
+                         note=f"one layer's F.scaled_dot_product_attention, {a['tflops']} TFLOP/s: the exact path "
+                              "must keep this kernel")
         self.doc["flop_bound"] = {self.size_label(s): self.bound(s) for s in self.sizes}
 
     def build(self):
@@ -640,7 +663,7 @@ class Bench:
                      peak=_max_peak(peaks["text_encode"]), note=f"UMT5, {TEXT_LEN} tokens each")
         self.row("vae encode (condition)", result["vae_encode_s"], mode, offload, label, peak=_max_peak(peaks["vae_encode"]))
         by_expert = step_times_by_expert(result)
-        if offload == "none" and all(t["timed"] for t in by_expert.values()):
+        if mode == "exact" and offload == "none" and all(t["timed"] for t in by_expert.values()):
             self.resident_steps[label] = by_expert
         if offload == "experts" and label in self.resident_steps:
             # after its swap-in an expert runs exactly as resident: extrapolate with the resident step times
@@ -654,9 +677,12 @@ class Bench:
                      peak=_max_peak(step_peaks), first_step_s=round(times["first_s"], 4), timed_steps=times["timed"],
                      flop_bound_s=round(bound["step_bound_s"], 4),
                      ratio_to_bound=round(times["median_s"] / bound["step_bound_s"], 3),
+                     ratio_to_attainable=(round(times["median_s"] / bound["step_attainable_s"], 3)
+                                          if "step_attainable_s" in bound else None),
                      achieved_tflops=round(2 * bound["pflop_per_forward"] * 1e3 / times["median_s"], 1),
                      note=(f"median of {times['timed']} step(s) after the expert's first ({times['first_s']:.3f}s)"
-                           if times["timed"] else "the expert's only step (includes moving its weights in)"))
+                           if times["timed"] else "the expert's only step" + (
+                               " (includes moving its weights in)" if offload != "none" else "")))
         self.row("vae decode", result["vae_decode_s"], mode, offload, label, peak=_max_peak(peaks["vae_decode"]))
         all_peaks = [p for group in peaks.values() for p in group]
         self.row(f"render ({steps} steps)", result["total_s"], mode, offload, label, peak=_max_peak(all_peaks),
@@ -717,55 +743,48 @@ class Bench:
         self.row(f"preview ({self.args.preview_steps} steps)", result["total_s"], size=label,
                  note="measured end to end (checks the extrapolated row)")
 
-    def lora_switch(self, bundle, tmp: Path) -> dict:
-        """Time switching from one rank-r LoRA checkpoint (both experts) to another without reloading the model."""
+    def write_loras(self, bundle, tmp: Path) -> dict:
+        """Two rank-r checkpoints (a, b), each a high + low file, shaped like ai-toolkit's."""
+        rank = self.args.lora_rank
+        paths = {ckpt: {expert: write_synthetic_lora(tmp / f"bench_{ckpt}_{expert}_noise.safetensors",
+                                                     bundle.expert(expert), rank, seed=ord(ckpt) * 10 + i,
+                                                     name=f"bench_{ckpt}")
+                        for i, expert in enumerate(("high", "low"))}
+                 for ckpt in ("a", "b")}
+        self.lora_paths = paths
+        return paths
+
+    def lora_switch(self, bundle, merged: bool) -> float | None:
+        """Time switching from checkpoint a to checkpoint b (both experts) without reloading the model: read the
+        files and apply them (unmerged: hooks; merged: restore a's originals, merge b)."""
         from .render import lora as lora_mod
 
-        rank = self.args.lora_rank
-        paths = {}
-        t0 = self.clock.now()
-        for ckpt in ("a", "b"):
-            paths[ckpt] = {expert: write_synthetic_lora(tmp / f"bench_{ckpt}_{expert}_noise.safetensors",
-                                                        bundle.expert(expert), rank, seed=ord(ckpt) * 10 + i,
-                                                        name=f"bench_{ckpt}")
-                           for i, expert in enumerate(("high", "low"))}
-        write_s = self.clock.now() - t0
+        kind = "merged" if merged else "unmerged"
+        paths = self.lora_paths
         size_mb = sum(p.stat().st_size for p in paths["a"].values()) / 1e6
-        info = {"rank": rank, "checkpoint_mb": round(size_mb, 1), "write_s": round(write_s, 2)}
-        out = {}
-        for merged in (False, True):
-            kind = "merged" if merged else "unmerged"
-            layers_a = {e: lora_mod.read_lora_file(p) for e, p in paths["a"].items()}
-            if merged:
-                extra = _merged_extra_bytes(layers_a, bundle.experts)
-                if self.device.type == "cuda":
-                    free = torch.cuda.mem_get_info(self.device)[0] + torch.cuda.memory_reserved(self.device) \
-                        - torch.cuda.memory_allocated(self.device)
-                    if extra + 4 * GIB > free:
-                        self.row(f"lora switch ({kind})", None, status="skipped",
-                                 note=f"applied(merged=True) keeps the original of every targeted weight: needs "
-                                      f"{extra / GIB:.1f} GiB more, {free / GIB:.1f} GiB free", **info)
-                        continue
-            try:
-                with lora_mod.applied(paths["a"], layers_a, bundle.experts, 1.0, merged=merged):
-                    self.clock.sync()
-                self.clock.reset_peak()
-                t0 = self.clock.now()
-                layers_b = {e: lora_mod.read_lora_file(p) for e, p in paths["b"].items()}
-                t_read = self.clock.now()
-                with lora_mod.applied(paths["b"], layers_b, bundle.experts, 1.0, merged=merged):
-                    t_apply = self.clock.now()
-                t_restore = self.clock.now()
-            except torch.OutOfMemoryError as exc:
-                self.row(f"lora switch ({kind})", None, status="error", note=f"out of memory: {str(exc)[:100]}", **info)
-                continue
-            out[kind] = t_apply - t0
-            self.row(f"lora switch ({kind})", t_apply - t0, peak=self.clock.peak(),
-                     note=f"read 2 files {t_read - t0:.3f}s + apply {t_apply - t_read:.3f}s (restore "
-                          f"{t_restore - t_apply:.3f}s); rank {rank}, both experts, {size_mb:.0f} MB fp16 per checkpoint",
-                     **info)
-            del layers_a, layers_b
-        return {"paths": paths, **out}
+        info = {"rank": self.args.lora_rank, "checkpoint_mb": round(size_mb, 1)}
+        layers_a = {e: lora_mod.read_lora_file(p) for e, p in paths["a"].items()}
+        try:
+            with lora_mod.applied(paths["a"], layers_a, bundle.experts, 1.0, merged=merged):
+                self.clock.sync()
+            self.clock.reset_peak()
+            t0 = self.clock.now()
+            layers_b = {e: lora_mod.read_lora_file(p) for e, p in paths["b"].items()}
+            t_read = self.clock.now()
+            with lora_mod.applied(paths["b"], layers_b, bundle.experts, 1.0, merged=merged):
+                t_apply = self.clock.now()
+            t_restore = self.clock.now()
+        except torch.OutOfMemoryError as exc:
+            self.row(f"lora switch ({kind})", None, status="error", note=f"out of memory: {str(exc)[:100]}", **info)
+            return None
+        how = ("hooks only, the base weights are untouched" if not merged else
+               "merging b into every targeted weight; a's originals wait in pinned host memory and are copied back")
+        # a switch = read the new files + apply them + later restore the base (timed here on b's exit)
+        self.row(f"lora switch ({kind})", t_restore - t0, peak=self.clock.peak(),
+                 note=f"read 2 files {t_read - t0:.3f}s + apply {t_apply - t_read:.3f}s + restore "
+                      f"{t_restore - t_apply:.3f}s; rank {self.args.lora_rank}, both experts, {size_mb:.0f} MB fp16 "
+                      f"per checkpoint; {how}", **info)
+        return t_restore - t0
 
     def lora_step(self, bundle, size, prompts, paths) -> None:
         """The exact unmerged-LoRA path (fp32 hooks on 400 linears per expert) costs more per step than base weights."""
@@ -823,23 +842,86 @@ class Bench:
                  bit_identical=identical, note=f"vs {naive_s:.2f}s loading the model per preview (measured, load_bundle "
                                                f"from disk); target <= 0.8x")
 
-    def n_previews_derived(self, instantiate_s: float, result: dict, lora_s: float | None) -> None:
-        """A14B: N previews in one process vs loading per preview, from the measured parts (derived, not run)."""
+    def load_probe(self, tmp: Path) -> float | None:
+        """What a per-preview load costs here: a full-width A14B transformer cut to ``--load-probe-layers`` blocks is
+        saved as diffusers safetensors and read back onto the device through the harness's own loader
+        (``load_transformer``). Its rate, applied to all weights of the pipeline, is the naive path's load time."""
+        from .render.models import load_transformer
+
+        layers = self.args.load_probe_layers
+        folder = tmp / "load-probe"
+        with torch.no_grad():
+            self.models.configs = {**self.models.configs}
+            full = self.models.configs["transformer"]
+            self.models.configs["transformer"] = {**full, "num_layers": layers}
+            try:
+                model = self.models.transformer("high", to="cpu")
+            finally:
+                self.models.configs["transformer"] = full
+            t0 = self.clock.now()
+            model.save_pretrained(str(folder / "transformer"), safe_serialization=True)
+            write_s = self.clock.now() - t0
+            del model
+            nbytes = sum(f.stat().st_size for f in (folder / "transformer").glob("*.safetensors"))
+            times = []
+            for _ in range(2):
+                t0 = self.clock.now()
+                loaded = load_transformer(folder, "transformer", self.device, cast_whole_bf16=True)
+                times.append(self.clock.now() - t0)
+                del loaded
+                self.release()
+        shutil.rmtree(folder, ignore_errors=True)
+        rate = nbytes / min(times)
+        total = self.doc["models"]["total_gib"] * GIB
+        self.doc["load_probe"] = {"layers": layers, "bytes": nbytes, "gib": round(nbytes / GIB, 2),
+                                  "write_s": round(write_s, 2),
+                                  "load_s": [round(t, 3) for t in times], "gb_per_s": round(rate / 1e9, 2),
+                                  "pipeline_load_s": round(total / rate, 1)}
+        self.row("load from disk", min(times), note=f"{nbytes / GIB:.2f} GiB transformer ({layers} of "
+                 f"{self.dims[2]} blocks) through load_transformer, best of 2 (page cache warm): {rate / 1e9:.2f} GB/s; "
+                 f"all {total / GIB:.1f} GiB of the pipeline at that rate: {total / rate:.0f}s")
+        return total / rate
+
+    def n_previews_derived(self, load_s: float, result: dict, lora_s: float | None) -> None:
+        """A14B: N previews in one process vs loading the pipeline per preview, from measured parts (not run end to
+        end: the 64 GiB pipeline does not fit the device machine's disk twice over)."""
         n = self.args.previews
         preview = result["preview_s"]
         text = result["text_encode_s"]
         lora = lora_s or 0.0
-        naive = n * (instantiate_s + preview + lora)
-        cached = instantiate_s + n * (preview + lora) - (n - 1) * text
+        naive = n * (load_s + preview + lora)
+        cached = load_s + n * (preview + lora) - (n - 1) * text
         size = self.size_label(self.sizes[0])
         self.doc["n_previews"] = {"n": n, "naive_s": round(naive, 2), "one_process_s": round(cached, 2),
                                   "ratio": round(cached / naive, 3), "measured": False, "size": size,
-                                  "note": "derived from the measured instantiate, preview and LoRA-switch times; the "
-                                          "synthetic instantiate stands in for reading 64 GiB of weights from disk, "
-                                          "which only makes the per-preview path slower"}
+                                  "note": "derived: load = the measured disk-to-device rate applied to the whole "
+                                          "pipeline (page cache warm: the naive path's best case), preview and LoRA "
+                                          "switch as measured above; one process also skips re-encoding the prompts"}
         self.row(f"{n} previews, one process", cached, size=size, extrapolated=True, ratio_to_naive=round(cached / naive, 3),
-                 note=f"derived: vs {naive:.1f}s loading per preview; load = synthetic instantiate {instantiate_s:.1f}s, "
-                      "far below a real 64 GiB read from disk, so this ratio is an upper bound")
+                 note=f"derived: vs {naive:.1f}s loading the pipeline per preview ({load_s:.0f}s per load at the "
+                      "measured rate); target <= 0.8x")
+
+    def run_quantized(self, bundle, prompts) -> None:
+        """ai-toolkit's default sampling model (qfloat8 experts + text encoder, ai-toolkit >= 0.10.22 exclusions),
+        quantized in place on the device: its cost and memory; the last phase, since the bf16 weights are gone."""
+        from .render.quant import QuantPlan, apply_plan
+
+        plan = QuantPlan(transformer_qtype="qfloat8", text_encoder_qtype="qfloat8",
+                         exclude=("condition_embedder*", "proj_out*"), aitk_version="0.10.22")
+        self.clock.reset_peak()
+        t0 = self.clock.now()
+        apply_plan(bundle, plan)
+        self.release()
+        weights = sum(_param_stats(m)["gib"] for m in (bundle.transformer, bundle.transformer_2, bundle.text_encoder))
+        self.row("quantize (qfloat8)", self.clock.now() - t0, mode="qfloat8", peak=self.clock.peak(),
+                 note=f"optimum-quanto on the device: {plan.summary()}; experts + text encoder now {weights:.1f} GiB "
+                      f"(allocated {torch.cuda.memory_allocated(self.device) / GIB:.1f} GiB)"
+                 if self.device.type == "cuda" else f"optimum-quanto: {plan.summary()}")
+        for size in self.sizes:
+            if self.over_budget(self.estimate(size, "qfloat8", "none")):
+                self.row("render", None, mode="qfloat8", size=self.size_label(size), status="skipped", note="time budget")
+                continue
+            self.guarded_render(bundle, size, "qfloat8", "none", prompts)
 
     def rows_seconds(self, phase: str) -> float:
         return next((r["seconds"] for r in self.rows if r["phase"] == phase and r["seconds"] is not None), 0.0)
@@ -867,8 +949,6 @@ class Bench:
         tmp = Path(tmp_root.name)
         try:
             self.run_resident(modes, offloads, tmp, PromptCache)
-            if self.args.synthetic == "tiny" and self.args.previews:
-                self.n_previews_tiny(tmp)
             self.exactness_summary()
         finally:
             tmp_root.cleanup()
@@ -878,14 +958,14 @@ class Bench:
         return 0
 
     def run_resident(self, modes, offloads, tmp: Path, PromptCache) -> None:
-        """One bundle built on the device; offload modes switch it in place (``ModelBundle.set_offload``), so every
-        mode renders the very same weights; the resident renders always run (they are the byte reference). Order: exact, LoRA, experts, fast, sequential
-        (slowest last, so a time budget cuts it first)."""
+        """One bundle built on the device; every phase uses those very weights. Order, cheapest insight first so a
+        time budget cuts the tail: exact renders (the byte references), unmerged LoRA, fast, experts then sequential
+        offload (they share the pinned host homes), merged LoRA (its parked originals reuse those pinned blocks),
+        the disk-load probe, and quantization last (it replaces the bf16 weights)."""
         bundle = self.build()
-        instantiate_s = self.rows[-1]["seconds"]
         prompts = PromptCache()
         first = None
-        other = [o for o in offloads if o != "none"]
+        other = [o for o in ("experts", "sequential") if o in offloads]
         if "exact" in modes:
             for size in self.sizes:
                 if self.over_budget(self.estimate(size, "exact", "none")):
@@ -900,23 +980,27 @@ class Bench:
                     self.guarded_render(bundle, size, "exact", "none", prompts, steps=offload_steps)
         lora_s = None
         if self.args.lora_rank and not self.over_budget(30.0):
-            switch = self.lora_switch(bundle, tmp)
-            lora_s = switch.get("unmerged")
+            self.write_loras(bundle, tmp)
+            lora_s = self.lora_switch(bundle, merged=False)
             if self.args.lora_step and "exact" in modes and not self.over_budget(self.estimate(self.sizes[0], "exact", "none")):
-                self.lora_step(bundle, self.sizes[0], prompts, switch["paths"]["a"])
-        if first is not None and self.args.synthetic == "a14b":
-            self.n_previews_derived(instantiate_s, first, lora_s)
-        in_place = hasattr(bundle, "set_offload")
-        order = [o for o in ("experts",) if o in other] + (["fast"] if "fast" in modes else []) + \
-                [o for o in other if o != "experts"]
-        for step in order:
-            if step == "fast":
-                self.run_fast(bundle, prompts)
-            elif in_place:
-                self.run_offload_in_place(bundle, step, prompts)
-            else:
-                self.row("offload switch", None, offload=step, status="not available",
-                         note="ModelBundle has no set_offload in this checkout")
+                self.lora_step(bundle, self.sizes[0], prompts, self.lora_paths["a"])
+        if "fast" in modes:
+            self.run_fast(bundle, prompts)
+        for offload in other:
+            self.run_offload_in_place(bundle, offload, prompts)
+        if other:
+            t0 = self.clock.now()
+            bundle.set_offload("none")
+            self.row("offload switch", self.clock.now() - t0, note=f"back from {other[-1]} to resident")
+        if self.args.lora_rank and hasattr(self, "lora_paths") and not self.over_budget(30.0):
+            self.lora_switch(bundle, merged=True)
+        if first is not None:
+            if self.args.synthetic == "a14b" and self.args.load_probe_layers and not self.over_budget(40.0):
+                self.n_previews_derived(self.load_probe(tmp), first, lora_s)
+            elif self.args.synthetic == "tiny" and self.args.previews:
+                self.n_previews_tiny(tmp)
+        if self.args.quantize and not self.over_budget(30.0):
+            self.run_quantized(bundle, prompts)
         del bundle, prompts
         self.release()
 
@@ -924,7 +1008,7 @@ class Bench:
         return short_render_steps(self.profile, 0) if self.args.offload_steps is None else self.args.offload_steps
 
     def run_offload_in_place(self, bundle, offload: str, prompts) -> None:
-        """``bundle.set_offload(mode)``: weights move, nothing reloads; render, then move back to resident."""
+        """``bundle.set_offload(mode)``: weights move to their pinned host homes, nothing reloads; then render."""
         steps = self.offload_steps()
         sizes = [s for s in self.sizes if not self.over_budget(self.estimate(s, "exact", offload, steps) + 30)]
         if not sizes:
@@ -936,19 +1020,28 @@ class Bench:
         seconds = self.clock.now() - t0
         moved = sum(p.numel() * p.element_size() for m in (bundle.transformer, bundle.transformer_2, bundle.text_encoder)
                     for p in m.parameters() if p.device.type == "cpu")
-        if offload == "experts" and seconds > 0 and moved:
-            self.doc["host_device_gbps"] = round(moved / seconds / 1e9, 2)
         self.row("offload switch", seconds, offload=offload, peak=self.clock.peak(),
-                 note=f"bundle.set_offload({offload!r}) in place: {moved / GIB:.1f} GiB moved to the host"
-                      + (f" ({moved / seconds / 1e9:.2f} GB/s)" if seconds > 0 and moved else ""))
+                 note=f"bundle.set_offload({offload!r}) in place: {moved / GIB:.1f} GiB on the host"
+                      + (f", {moved / seconds / 1e9:.2f} GB/s incl. pinning" if seconds > 0.5 and moved else
+                         " (already parked)"))
+        if offload == "experts" and self.device.type == "cuda":
+            self.time_expert_upload(bundle)
         for size in self.sizes:
             if size not in sizes or self.over_budget(self.estimate(size, "exact", offload, steps)):
                 self.row("render", None, offload=offload, size=self.size_label(size), status="skipped", note="time budget")
                 continue
             self.guarded_render(bundle, size, "exact", offload, prompts, steps=steps)
+
+    def time_expert_upload(self, bundle) -> None:
+        """One expert swap of ``--offload experts``: upload the parked high expert (pinned, so at full link speed)."""
+        nbytes = sum(p.numel() * p.element_size() for p in bundle.transformer.parameters())
         t0 = self.clock.now()
-        bundle.set_offload("none")
-        self.row("offload switch", self.clock.now() - t0, offload="none", note=f"back from {offload} to resident")
+        bundle.expert("high")
+        seconds = self.clock.now() - t0
+        self.doc["host_device_gbps"] = round(nbytes / seconds / 1e9, 2)
+        self.row("expert swap (upload)", seconds, offload="experts",
+                 note=f"{nbytes / GIB:.1f} GiB from pinned host memory at {nbytes / seconds / 1e9:.1f} GB/s; parking the "
+                      "other expert costs nothing (its pinned home is still valid)")
 
     def run_fast(self, bundle, prompts) -> None:
         if all(self.over_budget(self.estimate(size, "fast", "none")) for size in self.fast_sizes):
@@ -1051,7 +1144,7 @@ def markdown_report(doc: dict) -> str:
     lines += ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
     lines += ["| " + " | ".join(c.replace("|", "/") for c in r) + " |" for r in table_rows(doc)]
     lines.append("")
-    for key in ("n_previews", "offload_identical", "fast_vs_exact", "fast"):
+    for key in ("n_previews", "load_probe", "attention", "offload_identical", "fast_vs_exact", "fast"):
         if doc.get(key):
             lines.append(f"* {key}: `{json.dumps(doc[key])}`")
     return "\n".join(lines) + "\n"
@@ -1079,6 +1172,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default="aitk-euler", help="sampler profile of the renders")
     p.add_argument("--lora-rank", type=int, help="rank of the LoRA-switch checkpoints (default a14b 32, tiny 4; 0 skips)")
     p.add_argument("--lora-step", action="store_true", help="also time a step with the unmerged LoRA hooks")
+    p.add_argument("--quantize", action="store_true", help="last: quantize to qfloat8 in place (ai-toolkit's default "
+                   "sampling model) and time its renders")
+    p.add_argument("--load-probe-layers", type=int, default=6, help="a14b: blocks of the transformer written to disk "
+                   "and loaded back to measure the per-preview load (0 skips)")
     p.add_argument("--budget-s", type=float, help="skip remaining phases that would end past this many seconds")
     p.add_argument("--reserve-s", type=float, default=0.0, help="time a render phase is assumed to need (budget check)")
     p.add_argument("--compile-estimate-s", type=float, default=0.0, help="extra time assumed for compiling (budget)")

@@ -42,7 +42,7 @@ def test_a14b_builds_on_the_meta_device(tmp_path, capsys):
 def test_tiny_bench_end_to_end_json_shape(tmp_path):
     out, md = tmp_path / "bench.json", tmp_path / "bench.md"
     argv = ["--synthetic", "tiny", "--device", "cpu", "--sizes", "32x32x5", "--preview-steps", "4", "--previews", "2",
-            "--modes", "exact,fast", "--compile-backend", "aot_eager", "--offload", "none,experts",
+            "--modes", "exact,fast", "--compile-backend", "aot_eager", "--offload", "none,experts", "--quantize",
             "--json", str(out), "--markdown", str(md)]
     with torch.random.fork_rng(devices=[]):
         assert bench.bench_main(argv) == 0
@@ -57,9 +57,11 @@ def test_tiny_bench_end_to_end_json_shape(tmp_path):
     assert ("step high (cond+uncond)", "fast", "none") in phases
     assert ("render (2 steps)", "exact", "experts") in phases  # offload renders: one step per expert
     assert ("lora switch (unmerged)", "exact", "none") in phases
+    assert ("lora switch (merged)", "exact", "none") in phases
+    assert ("quantize (qfloat8)", "qfloat8", "none") in phases and ("render (4 steps)", "qfloat8", "none") in phases
     for r in doc["rows"]:
         assert {"phase", "mode", "exact", "offload", "size", "seconds", "status", "extrapolated", "note"} <= set(r)
-        assert r["exact"] == (r["mode"] == "exact")
+        assert r["exact"] == (r["mode"] != "fast")  # quantized renders are the exact path on quantized weights
     steps = [r for r in doc["rows"] if r["phase"].startswith("step ") and r["mode"] == "exact"]
     assert all(r["ratio_to_bound"] > 0 and r["flop_bound_s"] > 0 for r in steps)
     # the same weights give the same bytes whatever the placement, and one process equals loading per preview
@@ -67,3 +69,15 @@ def test_tiny_bench_end_to_end_json_shape(tmp_path):
     assert doc["n_previews"]["bit_identical"] is True and doc["n_previews"]["measured"] is True
     assert doc["fast_vs_exact"]["32x32x5"]["max_abs_levels"] >= 0
     assert "| phase |" in md.read_text()
+
+
+def test_load_probe_reads_a_real_safetensors_folder_back(tmp_path):
+    args = bench.build_parser().parse_args(["--synthetic", "tiny", "--device", "cpu", "--sizes", "32x32x5", "--load-probe-layers", "1"])
+    runner = bench.Bench(args)
+    runner.model_shapes()
+    per_load = runner.load_probe(tmp_path)
+    probe = runner.doc["load_probe"]
+    assert probe["layers"] == 1 and probe["bytes"] > 0 and len(probe["load_s"]) == 2
+    total = runner.doc["models"]["total_gib"] * bench.GIB  # the whole pipeline at the probe's rate
+    assert per_load == pytest.approx(total * min(probe["load_s"]) / probe["bytes"], rel=0.05)
+    assert not (tmp_path / "load-probe").exists()  # the probe cleans up after itself

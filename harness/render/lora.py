@@ -18,6 +18,7 @@ import torch
 from safetensors import safe_open
 
 from ..errors import HarnessError
+from .offload import pinned_copy
 
 _KEY = re.compile(r"^diffusion_model\.blocks\.(\d+)\.(.+)\.lora_([AB])\.weight$")
 _MODULE_NAMES = {
@@ -135,15 +136,16 @@ def merged_weight(weight: torch.Tensor, layer: LoraLayer, multiplier: float, dev
     """
     device = device or weight.device
     delta = layer.up.to(device) @ layer.down.to(device)
-    return (weight.to(device).float() + delta * multiplier).to(weight.dtype).to(weight.device)
+    merged = (weight.to(device).float() + delta * multiplier).to(weight.dtype)
+    if merged.device == weight.device:
+        return merged
+    return pinned_copy(merged) if weight.is_pinned() else merged.to(weight.device)  # offloaded: stays fast to upload
 
 
 def _park(weight: torch.Tensor) -> torch.Tensor:
     """Keep the exact original bf16 weight on the host while merged: a GPU copy of every targeted weight of a 14B
     expert would not fit beside the model (the restore is a copy back, bit-exact either way)."""
-    if weight.device.type == "cpu":
-        return weight
-    return weight.to("cpu", copy=True).pin_memory() if torch.cuda.is_available() else weight.to("cpu")
+    return weight if weight.device.type == "cpu" else pinned_copy(weight)
 
 
 @contextmanager

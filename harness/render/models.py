@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from ..errors import HarnessError
-from .offload import HOST, OFFLOAD_MODES, BlockStreamer
+from .offload import HOST, OFFLOAD_MODES, BlockStreamer, Parking
 
 BF16 = torch.bfloat16
 
@@ -33,14 +33,14 @@ class ModelBundle:
     notes: list[str] = field(default_factory=list)
     offload: str = "none"
     _streamers: list = field(default_factory=list, repr=False)
+    _parking: Parking | None = field(default=None, repr=False)
 
     def expert(self, which: str) -> torch.nn.Module:
         """The expert for a step, made resident first under ``--offload experts``."""
         model = self.transformer if which == "high" else self.transformer_2
         if self.offload == "experts":
-            other = self.transformer_2 if which == "high" else self.transformer
-            other.to(HOST)
-            model.to(self.device)
+            self._parking.park(self.transformer_2 if which == "high" else self.transformer)
+            self._parking.upload(model)
         return model
 
     @contextmanager
@@ -50,12 +50,12 @@ class ModelBundle:
             yield
             return
         for expert in (self.transformer, self.transformer_2):
-            expert.to(HOST)
-        self.text_encoder.to(self.device)
+            self._parking.park(expert)
+        self._parking.upload(self.text_encoder)
         try:
             yield
         finally:
-            self.text_encoder.to(HOST)
+            self._parking.park(self.text_encoder)
 
     def set_offload(self, mode: str) -> None:
         """Switch memory mode in place (weights move, nothing reloads)."""
@@ -69,14 +69,16 @@ class ModelBundle:
             streamer.remove()
         self._streamers.clear()
         modules = (self.transformer, self.transformer_2, self.text_encoder)
+        self._parking = self._parking or Parking(self.device)
         if mode == "none":
             for module in modules:
-                module.to(self.device)
+                self._parking.settle(module)
+            self._parking = None  # the pinned homes go with it
         elif mode == "experts":
             for module in modules:
-                module.to(HOST)
+                self._parking.park(module)
         else:
-            self._streamers = [BlockStreamer(module, self.device) for module in modules]
+            self._streamers = [BlockStreamer(module, self._parking) for module in modules]
         self.vae.to(self.device)
         self.offload = mode
 

@@ -7,9 +7,13 @@
                  non-block modules and the VAE stay resident (fits 24 GB cards).
 
 Moving a tensor between devices copies it exactly, and every matmul still runs on the compute device with the same
-shapes, so all three modes give the same bytes (tests and ``benchmarks/RESULTS.md`` check it). diffusers' own group
-offloading keeps pinned CPU copies of the weights it restores from, which would silently undo a merged LoRA; these
-hooks move ``param.data`` itself, so merged weights travel with the module.
+shapes, so all three modes give the same bytes (tests and ``benchmarks/RESULTS.md`` check it).
+
+Both offload modes share one ``Parking``: every weight has a *home* in pinned host memory. A visit to the GPU is an
+upload from that home; going back is free when the weight is unchanged (the parameter is pointed at its home again),
+and a real device-to-host copy only when something replaced the weight meanwhile (a merged LoRA). So an expert swap
+costs one fast pinned upload instead of two pageable copies, and diffusers' trap (restoring from a stale pinned copy,
+which would silently undo a merged LoRA) cannot happen: a replaced weight is never mistaken for its home.
 """
 
 from __future__ import annotations
@@ -30,79 +34,105 @@ def _blocks(module: torch.nn.Module) -> list[torch.nn.Module]:
     raise ValueError(f"{type(module).__name__} has no repeated blocks to offload")
 
 
-class BlockStreamer:
-    """Forward hooks that bring one block onto the compute device for its forward and back afterwards.
+def _plain(module: torch.nn.Module) -> bool:
+    """Whether every parameter is a plain tensor, so pointing ``param.data`` elsewhere is a faithful move.
+    Quantized weights (quanto tensor subclasses) only move through ``Module.to``."""
+    return all(type(p.data) is torch.Tensor for p in module.parameters())
 
-    Blocks wait in pinned host memory; going back is free: the block's parameters are pointed at the host tensors
-    they had before the forward (a forward never changes weights), so no device-to-host copy is made. Whatever those
-    host tensors are (the originals, or a merged LoRA's weights) is exactly what the next forward uploads.
+
+def pinned_copy(tensor: torch.Tensor) -> torch.Tensor:
+    """A host copy in page-locked memory (uploads run at full PCIe speed), copied straight from the device."""
+    if not torch.cuda.is_available() or type(tensor) is not torch.Tensor:
+        return tensor.to(HOST)
+    try:
+        host = torch.empty(tensor.shape, dtype=tensor.dtype, device=HOST, pin_memory=True)
+    except RuntimeError:  # no pinnable memory left: pageable still works, only slower
+        return tensor.to(HOST)
+    host.copy_(tensor)
+    return host
+
+
+class Parking:
+    """Pinned host homes for the weights of offloaded modules, shared by the ``experts`` and ``sequential`` modes.
+
+    ``upload`` points each parameter at a device copy of its home and remembers both; ``park`` points it back at the
+    home when the device tensor is still the one uploaded (a forward never replaces weights), else copies the new
+    weight into a fresh pinned home. Weights are only ever *replaced* (``param.data = ...``), never edited in place,
+    anywhere in the harness; that is what makes the identity check sound.
     """
 
-    def __init__(self, module: torch.nn.Module, device: torch.device):
+    def __init__(self, device: torch.device):
         self.device = device
+        self._visiting: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id(param) -> (home, uploaded copy)
+
+    def upload(self, module: torch.nn.Module) -> None:
+        if not _plain(module):
+            module.to(self.device)
+            return
+        for param in module.parameters():
+            if param.device.type == HOST.type:
+                home = param.data
+                param.data = home.to(self.device, non_blocking=True)
+                self._visiting[id(param)] = (home, param.data)
+        _move_buffers(module, self.device)
+
+    def park(self, module: torch.nn.Module) -> None:
+        if not _plain(module):
+            module.to(HOST)
+            return
+        for param in module.parameters():
+            if param.device.type == HOST.type:
+                if not param.data.is_pinned():
+                    param.data = pinned_copy(param.data)
+                continue
+            home, sent = self._visiting.pop(id(param), (None, None))
+            current = param.data
+            unchanged = sent is not None and current.data_ptr() == sent.data_ptr() and \
+                current.shape == sent.shape and current.dtype == sent.dtype
+            param.data = home if unchanged else pinned_copy(current)
+        _move_buffers(module, HOST)
+
+    def settle(self, module: torch.nn.Module) -> None:
+        """Make ``module`` resident for good and let its pinned homes go (``--offload none``)."""
+        self.upload(module)
+        for param in module.parameters():
+            self._visiting.pop(id(param), None)
+
+
+def _move_buffers(module: torch.nn.Module, device: torch.device) -> None:
+    for child in module.modules():
+        for name, buf in list(child._buffers.items()):
+            if buf is not None and buf.device.type != device.type:
+                child._buffers[name] = buf.to(device, non_blocking=device.type != HOST.type)
+
+
+class BlockStreamer:
+    """Forward hooks that bring one block onto the compute device for its forward and park it afterwards.
+
+    Everything outside the blocks (embeddings, final norm and projection) stays resident.
+    """
+
+    def __init__(self, module: torch.nn.Module, parking: Parking):
+        self.parking = parking
         self.handles = []
-        self._host: dict[int, list] = {}
         blocks = _blocks(module)
         in_blocks = {id(p) for b in blocks for p in b.parameters()}
-        for child in module.modules():  # everything outside the blocks stays resident
-            for name, param in child.named_parameters(recurse=False):
-                if id(param) not in in_blocks:
-                    param.data = param.data.to(device)
-        for block in blocks:
-            for child in block.modules():
-                for name, buf in child.named_buffers(recurse=False):
-                    child._buffers[name] = buf.to(HOST)
-                for param in child.parameters(recurse=False):
-                    moved = param.data.to(HOST)
-                    param.data = _pinned(moved) if type(moved) is torch.Tensor else moved
-            self.handles.append(block.register_forward_pre_hook(self._onload))
-            self.handles.append(block.register_forward_hook(self._offload))
         inside = {id(m) for b in blocks for m in b.modules()}
-        for child in (m for m in module.modules() if id(m) not in inside):
-            for name, buf in child.named_buffers(recurse=False):
-                child._buffers[name] = buf.to(device)
-
-    def _onload(self, block, args):
-        if not _plain(block):  # quantized weights (quanto tensor subclasses) only move through Module.to
-            block.to(self.device)
-            return
-        saved = []
-        for child in block.modules():
+        for child in module.modules():
+            if id(child) in inside:
+                continue
             for param in child.parameters(recurse=False):
-                saved.append((param, param.data))
-                param.data = param.data.to(self.device, non_blocking=True)
+                if id(param) not in in_blocks and param.device.type == HOST.type:
+                    param.data = param.data.to(parking.device)
             for name, buf in list(child._buffers.items()):
                 if buf is not None:
-                    saved.append((child, name, buf))
-                    child._buffers[name] = buf.to(self.device, non_blocking=True)
-        self._host[id(block)] = saved
-
-    def _offload(self, block, args, output):
-        if not _plain(block):
-            block.to(HOST)
-            return
-        for entry in self._host.pop(id(block), []):
-            if len(entry) == 2:
-                entry[0].data = entry[1]
-            else:
-                entry[0]._buffers[entry[1]] = entry[2]
+                    child._buffers[name] = buf.to(parking.device)
+        for block in blocks:
+            parking.park(block)
+            self.handles.append(block.register_forward_pre_hook(lambda block, args: self.parking.upload(block)))
+            self.handles.append(block.register_forward_hook(lambda block, args, output: self.parking.park(block)))
 
     def remove(self) -> None:
         for handle in self.handles:
             handle.remove()
         self.handles.clear()
-
-
-def _plain(block: torch.nn.Module) -> bool:
-    """Whether every parameter is a plain tensor, so pointing ``param.data`` elsewhere is a faithful move."""
-    return all(type(p.data) is torch.Tensor for p in block.parameters())
-
-
-def _pinned(tensor: torch.Tensor) -> torch.Tensor:
-    """Page-locked host memory makes uploads several times faster; quantized tensor types may not support it."""
-    if not torch.cuda.is_available():
-        return tensor
-    try:
-        return tensor.pin_memory()
-    except (RuntimeError, TypeError, NotImplementedError):
-        return tensor
