@@ -63,3 +63,40 @@ def test_streamed_forward_equals_resident_forward():
     assert torch.equal(model(x), resident)
     assert all(p.device == HOST for b in model.blocks for p in b.parameters())
     streamer.remove()
+
+
+def _merge_once(linear, layer):
+    from harness.render.lora import applied
+
+    with applied({"high": "f"}, {"high": {"blocks.0": layer}}, {"high": _Holder(linear)}, 1.0, merged=True):
+        merged = linear.weight.detach().clone()
+    return merged
+
+
+class _Holder(torch.nn.Module):
+    """A transformer stand-in whose only LoRA target is ``blocks.0``."""
+
+    def __init__(self, linear):
+        super().__init__()
+        self.blocks = torch.nn.ModuleList([linear])
+
+
+def test_merged_lora_reuses_the_parked_original_while_the_weight_is_unchanged():
+    """Switching merged LoRAs copies the originals to the host once, then reuses that pinned copy; a weight
+    replaced meanwhile (another model, a quantization) is parked afresh, and every restore is bit-exact."""
+    from harness.render.lora import _HOST_ORIGINALS, LoraLayer
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 32, bias=False).to("cuda", torch.bfloat16)
+    original = linear.weight.detach().clone()
+    layer = LoraLayer(down=torch.randn(4, 64), up=torch.randn(32, 4) * 0.1)
+    first = _merge_once(linear, layer)
+    assert torch.equal(linear.weight, original) and not torch.equal(first, original)
+    host = _HOST_ORIGINALS[linear.weight][0]
+    assert host.is_pinned()
+    assert torch.equal(_merge_once(linear, layer), first)
+    assert _HOST_ORIGINALS[linear.weight][0] is host  # reused, not copied again
+    replaced = torch.randn_like(original)
+    linear.weight.data = replaced.clone()
+    _merge_once(linear, layer)
+    assert torch.equal(linear.weight, replaced) and _HOST_ORIGINALS[linear.weight][0] is not host

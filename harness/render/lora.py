@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
+from torch.utils.weak import WeakIdKeyDictionary
 
 from ..errors import HarnessError
 from .offload import pinned_copy
@@ -76,7 +77,7 @@ def read_lora_file(path: Path) -> dict[str, LoraLayer]:
             if not key.endswith(".alpha"):  # alpha is ignored by ai-toolkit (scale is always 1)
                 unmatched.append(key)
             continue
-        pairs.setdefault(mapped[0], {})[mapped[1]] = tensor.to(torch.float32)
+        pairs.setdefault(mapped[0], {})[mapped[1]] = _float32(tensor)
     if unmatched:
         shown = ", ".join(unmatched[:8]) + (f" (+{len(unmatched) - 8} more)" if len(unmatched) > 8 else "")
         raise HarnessError(path, "keys", f"{len(unmatched)} key(s) are not ai-toolkit Wan LoRA keys: {shown}")
@@ -86,6 +87,16 @@ def read_lora_file(path: Path) -> dict[str, LoraLayer]:
             raise HarnessError(path, name, "has only lora_" + "".join(ab) + "; both lora_A and lora_B are needed")
         layers[name] = LoraLayer(down=ab["A"], up=ab["B"])
     return layers
+
+
+def _float32(tensor: torch.Tensor) -> torch.Tensor:
+    """fp32 (exact for fp16/bf16 files); in pinned memory where a GPU will read it, so uploads run at link speed."""
+    if not torch.cuda.is_available():
+        return tensor.to(torch.float32)
+    try:
+        return torch.empty(tensor.shape, dtype=torch.float32, pin_memory=True).copy_(tensor)
+    except RuntimeError:
+        return tensor.to(torch.float32)
 
 
 def check_targets(path: Path, layers: dict[str, LoraLayer], transformer: torch.nn.Module) -> dict[str, torch.nn.Linear]:
@@ -142,10 +153,29 @@ def merged_weight(weight: torch.Tensor, layer: LoraLayer, multiplier: float, dev
     return pinned_copy(merged) if weight.is_pinned() else merged.to(weight.device)  # offloaded: stays fast to upload
 
 
-def _park(weight: torch.Tensor) -> torch.Tensor:
+_HOST_ORIGINALS = WeakIdKeyDictionary()  # parameter -> (pinned original, the device tensor restored from it)
+
+
+def _park(param: torch.nn.Parameter) -> torch.Tensor:
     """Keep the exact original bf16 weight on the host while merged: a GPU copy of every targeted weight of a 14B
-    expert would not fit beside the model (the restore is a copy back, bit-exact either way)."""
-    return weight if weight.device.type == "cpu" else pinned_copy(weight)
+    expert would not fit beside the model (the restore is a copy back, bit-exact either way).
+
+    The host copy made for the previous merge is reused while the weight is still the tensor restored from it, so
+    switching between merged LoRAs moves the originals over the link once per switch instead of twice."""
+    weight = param.data
+    if weight.device.type == "cpu":
+        return weight
+    host, restored = _HOST_ORIGINALS.get(param, (None, None))
+    if restored is not None and restored.data_ptr() == weight.data_ptr() and restored.shape == weight.shape:
+        return host
+    return pinned_copy(weight)
+
+
+def _restore(param: torch.nn.Parameter, original: torch.Tensor) -> None:
+    """Put the original back where the module is now (it may have moved since, under offloading)."""
+    param.data = original.to(param.device)
+    if param.device.type != "cpu":
+        _HOST_ORIGINALS[param] = (original, param.data)
 
 
 @contextmanager
@@ -169,9 +199,9 @@ def applied(path_by_expert: dict, layers_by_expert: dict, transformers: dict, mu
                 if merged:
                     if not (layer.up.any() and layer.down.any()):
                         continue
-                    original = linear.weight.data
-                    linear.weight.data = merged_weight(original, layer, m, compute_device)
-                    saved.append((linear, _park(original)))
+                    original = _park(linear.weight)
+                    linear.weight.data = merged_weight(linear.weight.data, layer, m, compute_device)
+                    saved.append((linear, original))
                 else:
                     m_tensor = torch.tensor([m], dtype=torch.float32)
                     handles.append(linear.register_forward_hook(_unmerged_hook(layer, m_tensor)))
@@ -179,5 +209,5 @@ def applied(path_by_expert: dict, layers_by_expert: dict, transformers: dict, mu
     finally:
         for handle in handles:
             handle.remove()
-        for linear, original in saved:  # the module may have moved since (offloading): restore where it is now
-            linear.weight.data = original.to(linear.weight.device)
+        for linear, original in saved:
+            _restore(linear.weight, original)
