@@ -94,8 +94,10 @@ def test_merged_lora_reuses_the_parked_original_while_the_weight_is_unchanged():
     assert torch.equal(linear.weight, original) and not torch.equal(first, original)
     host = _HOST_ORIGINALS[linear.weight][0]
     assert host.is_pinned()
+    allocated = torch.cuda.memory_allocated()
     assert torch.equal(_merge_once(linear, layer), first)
     assert _HOST_ORIGINALS[linear.weight][0] is host  # reused, not copied again
+    assert torch.cuda.memory_allocated() == allocated  # and no device copy of the original is kept alive
     replaced = torch.randn_like(original)
     linear.weight.data = replaced.clone()
     _merge_once(linear, layer)

@@ -19,7 +19,7 @@ from safetensors import safe_open
 from torch.utils.weak import WeakIdKeyDictionary
 
 from ..errors import HarnessError
-from .offload import pinned_copy
+from .offload import StorageMark, pinned_copy
 
 _KEY = re.compile(r"^diffusion_model\.blocks\.(\d+)\.(.+)\.lora_([AB])\.weight$")
 _MODULE_NAMES = {
@@ -77,7 +77,7 @@ def read_lora_file(path: Path) -> dict[str, LoraLayer]:
             if not key.endswith(".alpha"):  # alpha is ignored by ai-toolkit (scale is always 1)
                 unmatched.append(key)
             continue
-        pairs.setdefault(mapped[0], {})[mapped[1]] = _float32(tensor)
+        pairs.setdefault(mapped[0], {})[mapped[1]] = tensor.to(torch.float32)
     if unmatched:
         shown = ", ".join(unmatched[:8]) + (f" (+{len(unmatched) - 8} more)" if len(unmatched) > 8 else "")
         raise HarnessError(path, "keys", f"{len(unmatched)} key(s) are not ai-toolkit Wan LoRA keys: {shown}")
@@ -87,16 +87,6 @@ def read_lora_file(path: Path) -> dict[str, LoraLayer]:
             raise HarnessError(path, name, "has only lora_" + "".join(ab) + "; both lora_A and lora_B are needed")
         layers[name] = LoraLayer(down=ab["A"], up=ab["B"])
     return layers
-
-
-def _float32(tensor: torch.Tensor) -> torch.Tensor:
-    """fp32 (exact for fp16/bf16 files); in pinned memory where a GPU will read it, so uploads run at link speed."""
-    if not torch.cuda.is_available():
-        return tensor.to(torch.float32)
-    try:
-        return torch.empty(tensor.shape, dtype=torch.float32, pin_memory=True).copy_(tensor)
-    except RuntimeError:
-        return tensor.to(torch.float32)
 
 
 def check_targets(path: Path, layers: dict[str, LoraLayer], transformer: torch.nn.Module) -> dict[str, torch.nn.Linear]:
@@ -153,7 +143,7 @@ def merged_weight(weight: torch.Tensor, layer: LoraLayer, multiplier: float, dev
     return pinned_copy(merged) if weight.is_pinned() else merged.to(weight.device)  # offloaded: stays fast to upload
 
 
-_HOST_ORIGINALS = WeakIdKeyDictionary()  # parameter -> (pinned original, the device tensor restored from it)
+_HOST_ORIGINALS = WeakIdKeyDictionary()  # parameter -> (pinned original, StorageMark of the tensor restored from it)
 
 
 def _park(param: torch.nn.Parameter) -> torch.Tensor:
@@ -166,7 +156,7 @@ def _park(param: torch.nn.Parameter) -> torch.Tensor:
     if weight.device.type == "cpu":
         return weight
     host, restored = _HOST_ORIGINALS.get(param, (None, None))
-    if restored is not None and restored.data_ptr() == weight.data_ptr() and restored.shape == weight.shape:
+    if restored is not None and restored.matches(weight):
         return host
     return pinned_copy(weight)
 
@@ -175,7 +165,7 @@ def _restore(param: torch.nn.Parameter, original: torch.Tensor) -> None:
     """Put the original back where the module is now (it may have moved since, under offloading)."""
     param.data = original.to(param.device)
     if param.device.type != "cpu":
-        _HOST_ORIGINALS[param] = (original, param.data)
+        _HOST_ORIGINALS[param] = (original, StorageMark(param.data))
 
 
 @contextmanager

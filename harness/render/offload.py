@@ -19,6 +19,7 @@ which would silently undo a merged LoRA) cannot happen: a replaced weight is nev
 from __future__ import annotations
 
 import torch
+from torch.multiprocessing.reductions import StorageWeakRef
 
 OFFLOAD_MODES = ("none", "experts", "sequential")
 HOST = torch.device("cpu")
@@ -38,6 +39,19 @@ def _plain(module: torch.nn.Module) -> bool:
     """Whether every parameter is a plain tensor, so pointing ``param.data`` elsewhere is a faithful move.
     Quantized weights (quanto tensor subclasses) only move through ``Module.to``."""
     return all(type(p.data) is torch.Tensor for p in module.parameters())
+
+
+class StorageMark:
+    """Recognises a tensor's storage later without keeping it alive (a replaced weight's memory is freed at once):
+    ``matches(t)`` only while that very storage still exists and ``t`` is a full view of it."""
+
+    def __init__(self, tensor: torch.Tensor):
+        self._ref = StorageWeakRef(tensor.untyped_storage())
+        self._layout = (tensor.data_ptr(), tuple(tensor.shape), tensor.dtype)
+
+    def matches(self, tensor: torch.Tensor) -> bool:
+        return not self._ref.expired() and tensor.untyped_storage()._cdata == self._ref.cdata and \
+            (tensor.data_ptr(), tuple(tensor.shape), tensor.dtype) == self._layout
 
 
 def pinned_copy(tensor: torch.Tensor) -> torch.Tensor:
@@ -63,7 +77,7 @@ class Parking:
 
     def __init__(self, device: torch.device):
         self.device = device
-        self._visiting: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id(param) -> (home, uploaded copy)
+        self._visiting: dict[int, tuple[torch.Tensor, StorageMark]] = {}  # id(param) -> (home, uploaded copy)
 
     def upload(self, module: torch.nn.Module) -> None:
         if not _plain(module):
@@ -73,7 +87,7 @@ class Parking:
             if param.device.type == HOST.type:
                 home = param.data
                 param.data = home.to(self.device, non_blocking=True)
-                self._visiting[id(param)] = (home, param.data)
+                self._visiting[id(param)] = (home, StorageMark(param.data))
         _move_buffers(module, self.device)
 
     def park(self, module: torch.nn.Module) -> None:
@@ -86,10 +100,7 @@ class Parking:
                     param.data = pinned_copy(param.data)
                 continue
             home, sent = self._visiting.pop(id(param), (None, None))
-            current = param.data
-            unchanged = sent is not None and current.data_ptr() == sent.data_ptr() and \
-                current.shape == sent.shape and current.dtype == sent.dtype
-            param.data = home if unchanged else pinned_copy(current)
+            param.data = home if sent is not None and sent.matches(param.data) else pinned_copy(param.data)
         _move_buffers(module, HOST)
 
     def settle(self, module: torch.nn.Module) -> None:
