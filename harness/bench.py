@@ -550,6 +550,7 @@ class Bench:
         self.render_s: dict[tuple, float] = {}
         self.resident_steps: dict[str, dict] = {}
         self.frames: dict[tuple, np.ndarray] = {}
+        self.lora_paths: dict | None = None  # checkpoints a and b, once written
         d, f, layers = transformer_dims(self.models.configs["transformer"])
         self.dims = (d, f, layers)
 
@@ -1035,7 +1036,7 @@ class Bench:
             t0 = self.clock.now()
             bundle.set_offload("none")
             self.row("offload switch", self.clock.now() - t0, note=f"back from {other[-1]} to resident")
-        if self.args.lora_rank and hasattr(self, "lora_paths") and not self.over_budget(30.0):
+        if self.lora_paths and not self.over_budget(30.0):
             self.lora_switch(bundle, merged=True)
         if first is not None:
             if self.args.synthetic == "a14b" and self.args.load_probe_layers and not self.over_budget(40.0):

@@ -77,7 +77,7 @@ class Parking:
 
     def __init__(self, device: torch.device):
         self.device = device
-        self._visiting: dict[int, tuple[torch.Tensor, StorageMark]] = {}  # id(param) -> (home, uploaded copy)
+        self._visiting: dict[int, tuple[torch.Tensor, StorageMark]] = {}  # id(param) -> (home, mark of its upload)
 
     def upload(self, module: torch.nn.Module) -> None:
         if not _plain(module):
