@@ -265,12 +265,14 @@ class SyntheticModels:
     def _seeded(self, offset: int):
         torch.manual_seed(self.seed * 1000 + offset)
 
-    def transformer(self, expert: str, to=None) -> torch.nn.Module:
+    def transformer(self, expert: str, to=None, num_layers: int | None = None) -> torch.nn.Module:
+        """``num_layers`` cuts the block stack (full width), for the disk-load probe."""
         from diffusers import WanTransformer3DModel
 
+        config = self.configs["transformer"] | ({"num_layers": num_layers} if num_layers else {})
         self._seeded(1 if expert == "high" else 2)
         with _building_on(self.device):
-            model = WanTransformer3DModel(**self.configs["transformer"])
+            model = WanTransformer3DModel(**config)
         # like ai-toolkit's `.to(bf16)`: the rope buffers and fp32-kept modules become bf16 too
         return model.to(device=to or self.device, dtype=BF16).eval().requires_grad_(False)
 
@@ -882,12 +884,7 @@ class Bench:
         layers = self.args.load_probe_layers
         folder = tmp / "load-probe"
         with torch.no_grad():
-            full = self.models.configs["transformer"]
-            self.models.configs = {**self.models.configs, "transformer": {**full, "num_layers": layers}}
-            try:
-                model = self.models.transformer("high", to="cpu")
-            finally:
-                self.models.configs = {**self.models.configs, "transformer": full}
+            model = self.models.transformer("high", to="cpu", num_layers=layers)
             t0 = self.clock.now()
             model.save_pretrained(str(folder / "transformer"), safe_serialization=True)
             write_s = self.clock.now() - t0
@@ -966,9 +963,6 @@ class Bench:
                 self.row("render", None, mode="qfloat8", size=self.size_label(size), status="skipped", note="time budget")
                 continue
             self.guarded_render(bundle, size, "qfloat8", "none", prompts)
-
-    def rows_seconds(self, phase: str) -> float:
-        return next((r["seconds"] for r in self.rows if r["phase"] == phase and r["seconds"] is not None), 0.0)
 
     def release(self) -> None:
         """Free the device memory of a bundle the caller has already dropped."""
