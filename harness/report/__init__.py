@@ -4,8 +4,9 @@
 (``write_report(..., diagnosis=...)`` shows the same drift-diagnosis blocks next to the results)."""
 
 from .baseline import attach_baseline, compare_to_baseline, regression_count
-from .html import (ReportOutcome, build_report, load_baseline, load_documents, merge_documents, report_main,
-                   write_diagnosis_report, write_report)
+from .build import ReportOutcome, build_report, report_main
+from .documents import load_baseline, load_documents, merge_documents
+from .html import write_diagnosis_report, write_report
 
 __all__ = ["ReportOutcome", "attach_baseline", "build_report", "compare_to_baseline", "load_baseline",
            "load_documents", "merge_documents", "regression_count", "report_main", "write_diagnosis_report", "write_report"]

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import HarnessError
-from .html import fmt_psnr, fmt_ssim, fmt_value
+from .format import NO_VALUE, css_class, environment_rows, fmt_list, fmt_optional, fmt_seconds, fmt_value, plural, quality_cells
 
 SCHEMA = "wan-parity/diagnosis@1"  # = harness.diagnose.SCHEMA (not imported: that module pulls in the renderer)
 STATUSES = ("exact", "explained", "likely", "numeric", "unexplained", "error", "unreproducible")
@@ -68,34 +68,21 @@ class DiagnosisView:
     baseline_row: VariantRow | None = None
 
 
-def status_class(status) -> str:
-    return status if status in STATUSES else "unknown"
-
-
 def _changes(value) -> str:
     if isinstance(value, dict):
         if not value:
-            return "—"
+            return NO_VALUE
         return "; ".join(f"{k} = {fmt_value(v)}" for k, v in value.items())
-    return fmt_value(value) if value is not None else "—"
-
-
-def _seconds(value) -> str:
-    try:
-        return f"{float(value):.2f}"
-    except (TypeError, ValueError):
-        return "—" if value is None else str(value)
+    return fmt_value(value)
 
 
 def _row(r: dict) -> VariantRow:
     return VariantRow(
         rank=fmt_value(r.get("rank")), variant=fmt_value(r.get("variant")), family=fmt_value(r.get("family")),
         description=str(r.get("description") or ""), changes=_changes(r.get("changes")),
-        bit_exact=fmt_value(r.get("bit_exact")) if r.get("bit_exact") is not None else "—",
-        psnr_min=fmt_psnr(r.get("psnr_min")), psnr_mean=fmt_psnr(r.get("psnr_mean")),
-        ssim_min=fmt_ssim(r.get("ssim_min")), ssim_mean=fmt_ssim(r.get("ssim_mean")),
+        bit_exact=fmt_value(r.get("bit_exact")), **quality_cells(r),
         max_abs_diff=fmt_value(r.get("max_abs_diff")), mismatch=str(r.get("mismatch") or ""),
-        same_as=str(r.get("same_as") or ""), seconds=_seconds(r.get("seconds")),
+        same_as=str(r.get("same_as") or ""), seconds=fmt_seconds(r.get("seconds")),
         is_baseline=r.get("variant") == "baseline")
 
 
@@ -105,7 +92,7 @@ def build_view(entry: dict, view_id: str) -> DiagnosisView:
     where = [f"{name} {fmt_value(entry.get(name))}" for name in ("case", "step", "index") if entry.get(name) is not None]
     if entry.get("golden"):
         where.append(f"golden {fmt_value(entry.get('golden'))}")
-    profile = fmt_value(entry.get("profile")) if entry.get("profile") else ""
+    profile = fmt_optional(entry.get("profile"))
     if profile and entry.get("profile_why"):
         profile += f" ({fmt_value(entry.get('profile_why'))})"
     rows = [_row(r) for r in entry.get("ranked") or [] if isinstance(r, dict)]
@@ -115,16 +102,16 @@ def build_view(entry: dict, view_id: str) -> DiagnosisView:
         best = rows[0]  # no named best (exact, numeric, nothing changed the render): the top-ranked render
     if best is not None:
         best.is_best = True
-    message = fmt_value(entry.get("message")) if entry.get("message") else ""
-    explanation = fmt_value(entry.get("explanation")) if entry.get("explanation") else ""
+    message = fmt_optional(entry.get("message"))
+    explanation = fmt_optional(entry.get("explanation"))
     if message == explanation:
         message = ""
     return DiagnosisView(
         id=view_id, key=fmt_value(entry.get("key")) if entry.get("key") is not None else "(no key)",
-        status=fmt_value(status) if status is not None else "unknown", status_class=status_class(status),
+        status=fmt_value(status) if status is not None else "unknown", status_class=css_class(status, STATUSES),
         status_help=STATUS_HELP.get(status, "") if isinstance(status, str) else "", found=bool(entry.get("found")),
-        explanation=explanation or "(no explanation recorded)", best=fmt_value(best_name) if best_name else "",
-        where=" · ".join(where), profile=profile, swept=bool(entry.get("swept")), seconds=_seconds(entry.get("seconds")),
+        explanation=explanation or "(no explanation recorded)", best=fmt_optional(best_name),
+        where=" · ".join(where), profile=profile, swept=bool(entry.get("swept")), seconds=fmt_seconds(entry.get("seconds")),
         message=message, rows=rows, best_row=best, baseline_row=next((r for r in rows if r.is_baseline), None))
 
 
@@ -161,14 +148,44 @@ def summary_counts(document: dict) -> list[tuple[str, str, str]]:
     out += [(s, s, fmt_value(summary.get(s, 0))) for s in STATUSES]
     out.append(("explanation found", "", fmt_value(summary.get("found", 0))))
     if summary.get("seconds") is not None:
-        out.append(("seconds", "", _seconds(summary.get("seconds"))))
+        out.append(("seconds", "", fmt_seconds(summary.get("seconds"))))
     return out
 
 
 def overview_row(view: DiagnosisView) -> dict:
     base, best = view.baseline_row, view.best_row
     return {"id": view.id, "key": view.key, "status": view.status, "status_class": view.status_class,
-            "best": view.best or (best.variant if best is not None and not best.is_baseline else "—"),
+            "best": view.best or (best.variant if best is not None and not best.is_baseline else NO_VALUE),
             "baseline_psnr": base.psnr_min if base else "n/a",
             "best_psnr": best.psnr_min if best else "n/a",
             "explanation": view.explanation}
+
+
+def families_text(document: dict) -> str:
+    """The families a diagnosis swept, as one line."""
+    return fmt_list(document.get("families"))
+
+
+def _verdict(views: list[DiagnosisView]) -> tuple[str, str]:
+    """The page's overall status class and banner: bad input first, then unexplained drift, then all clear."""
+    unexplained = sum(1 for v in views if v.status_class == "unexplained")
+    errors = sum(1 for v in views if v.status_class == "error")
+    if not views:
+        return "unknown", "no previews were diagnosed"
+    if errors:
+        return "error", f"{plural(errors, 'preview')} could not be diagnosed (bad input)"
+    if unexplained:
+        return "fail", f"{plural(unexplained, 'preview')}: no single knob explains the drift"
+    if {v.status_class for v in views} <= {"exact", "unreproducible"}:
+        return "pass", "every reproducible preview is already bit-exact"
+    return "pass", "every drifting preview has an explanation"
+
+
+def page_view(document: dict) -> dict:
+    """Template data of ``diagnosis.html`` (without the page's title line): verdict, counts, one block per entry."""
+    views = [build_view(entry, f"d{n}") for n, entry in enumerate(entries(document))]
+    overall, banner = _verdict(views)
+    return {"previews": len(views), "schema": fmt_value(document.get("schema", SCHEMA)),
+            "families": families_text(document), "overall": overall, "banner": banner,
+            "counts": summary_counts(document), "environment": environment_rows(document.get("environment") or {}),
+            "overview": [overview_row(v) for v in views], "views": views}

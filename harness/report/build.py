@@ -1,0 +1,76 @@
+"""``wan-parity report``: results files in, merged document and page out, and the nightly job's exit code.
+
+Kept apart from :mod:`.html` so that rendering never depends on how inputs are found, merged or compared.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import HarnessError
+from ..fsutil import write_json_atomic
+from . import baseline as baseline_mod
+from .documents import load_baseline, load_documents, merge_documents
+from .html import write_report
+
+
+@dataclass
+class ReportOutcome:
+    """What ``build_report`` did: the page, the merged document, and how the nightly job should exit."""
+
+    path: Path
+    document: dict
+    regression_count: int = 0
+    missing_count: int = 0
+    merged_path: Path | None = None
+
+    @property
+    def exit_code(self) -> int:
+        """0 no regression against the baseline (or no baseline given), 1 regressions. Bad input raises."""
+        return 1 if self.regression_count else 0
+
+
+def _with_baseline(merged: dict, baseline, psnr_drop_db: float) -> dict:
+    """``merged`` with its comparison against the previous night attached."""
+    previous = load_baseline(baseline)
+    try:
+        comparison = baseline_mod.compare_to_baseline(merged, previous, psnr_drop_db)
+    except ValueError as exc:
+        raise HarnessError(None, "--psnr-drop", str(exc)) from None
+    return baseline_mod.attach_baseline(merged, comparison, source=str(baseline))
+
+
+def build_report(paths, out_dir, baseline=None, psnr_drop_db: float = 1.0, *, inline: bool = False,
+                 diagnosis=None) -> ReportOutcome:
+    """``wan-parity report RESULTS.json... --out DIR [--baseline PREVIOUS.json]``.
+
+    Loads and merges the inputs, compares them with ``baseline`` when given (see
+    :func:`harness.report.baseline.compare_to_baseline`), writes ``DIR/report.html`` and, with several inputs
+    or a baseline, ``DIR/results.merged.json`` (the merged document with the comparison attached: keep it as
+    the next night's baseline). ``diagnosis`` (a diagnosis.json path or document) adds the drift-diagnosis blocks.
+    Problems with the inputs raise :class:`~harness.errors.HarnessError`.
+    """
+    if not paths:
+        raise HarnessError(None, "report", "give at least one results JSON file or output folder")
+    docs, dirs = load_documents(paths)
+    try:
+        merged = merge_documents(docs)
+    except ValueError as exc:
+        raise HarnessError(None, "report", str(exc)) from None
+    if baseline is not None:
+        merged = _with_baseline(merged, baseline, psnr_drop_db)
+    out_dir = Path(out_dir)
+    merged_path = None
+    if len(docs) > 1 or baseline is not None:
+        merged_path = write_json_atomic(out_dir / "results.merged.json", merged)
+    page = write_report(merged, out_dir, inline=inline, search_dirs=list(dict.fromkeys(dirs)), diagnosis=diagnosis)
+    info = merged.get("baseline") or {}
+    return ReportOutcome(path=page, document=merged, regression_count=baseline_mod.regression_count(merged),
+                         missing_count=len(info.get("missing") or []), merged_path=merged_path)
+
+
+def report_main(paths, out_dir, baseline=None, psnr_drop_db: float = 1.0) -> Path:
+    """``wan-parity report``: :func:`build_report` returning only the page's path (kept for callers of the
+    path-returning API; the CLI should use ``build_report(...).exit_code``)."""
+    return build_report(paths, out_dir, baseline=baseline, psnr_drop_db=psnr_drop_db).path
