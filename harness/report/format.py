@@ -78,3 +78,12 @@ def css_class(value, allowed) -> str:
 def environment_rows(environment: dict, differs=()) -> list[tuple[str, str, bool]]:
     """(key, value, differs between shards) for the environment-fingerprint table."""
     return [(str(k), fmt_value(v), k in differs) for k, v in environment.items()]
+
+
+def fmt_num(value) -> str:
+    """A setting as short text: floats to 4 significant digits (one decimal from 10 up), None as n/a."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 10 else f"{value:.1f}"
+    return str(value)

@@ -11,6 +11,10 @@ Values marked ``UNVERIFIED`` are carried over unverified from PARITY.md/ANCHORS.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable, Optional, Union
+
+from .format import fmt_num
+from .sampling import profile_info, summarize_trace
 
 STACKS = (
     ("diffusers", "diffusers WanImageToVideoPipeline"),
@@ -51,120 +55,6 @@ class KnobRow:
         return sum(1 for c in self.stacks.values() if c.drift)
 
 
-@dataclass
-class ProfileInfo:
-    """The sampler settings a result ran with; from harness.render.profiles when the name is known."""
-
-    name: str | None
-    scheduler: str | None = None
-    shift: float | None = None
-    boundary: float | None = None
-    unipc_sigmas: str | None = None
-    posterior: str | None = None
-    cast_whole_bf16: bool | None = None
-    exact: bool | None = None
-    description: str = ""
-
-
-def profile_info(result: dict) -> ProfileInfo:
-    """Profile fields for a result: recorded fields win, else the registry, else name-only."""
-    name = result.get("profile")
-    info = ProfileInfo(name=name, exact=result.get("profile_exact"))
-    base = (name or "").split("+", 1)[0]
-    try:  # lightweight module (no torch); the report still works if it moves or the name is unknown
-        from harness.render.profiles import PROFILES
-    except Exception:  # pragma: no cover - defensive
-        PROFILES = {}
-    prof = PROFILES.get(base)
-    if prof is not None:
-        info.scheduler, info.shift, info.boundary = prof.scheduler, prof.shift, prof.boundary
-        info.unipc_sigmas, info.posterior, info.cast_whole_bf16 = prof.unipc_sigmas, prof.posterior, prof.cast_whole_bf16
-        info.description = prof.description
-        if info.exact is None:
-            info.exact = prof.exact
-    # A "+k=v,..." suffix (with_overrides) changes fields; the runner may also record them explicitly.
-    if name and "+" in name:
-        for part in name.split("+", 1)[1].split(","):
-            key, _, value = part.partition("=")
-            _apply_override(info, key.strip(), value.strip())
-    recorded = result.get("profile_settings")
-    if isinstance(recorded, dict):
-        for key, value in recorded.items():
-            if hasattr(info, key) and key != "name":
-                setattr(info, key, value)
-    return info
-
-
-def _apply_override(info: ProfileInfo, key: str, value: str) -> None:
-    if not hasattr(info, key) or key == "name":
-        return
-    current = getattr(info, key)
-    try:
-        if isinstance(current, bool) or value in ("True", "False"):
-            setattr(info, key, value == "True")
-        elif isinstance(current, float):
-            setattr(info, key, float(value))
-        else:
-            setattr(info, key, value)
-    except ValueError:
-        pass
-
-
-# --------------------------------------------------------------------------- trace
-
-
-@dataclass
-class TraceSummary:
-    steps: list[tuple[str, float]]  # one (expert, t) per denoising step
-    forwards: int
-    counts: dict[str, int]
-    switch_index: int | None  # first step on the second expert
-    switch_between: tuple[float, float] | None  # (last t on the first expert, first t on the next)
-
-    def text(self) -> str:
-        if not self.steps:
-            return "no trace recorded"
-        parts = [f"{n} step{'s' if n != 1 else ''} on {e}" for e, n in self.counts.items()]
-        out = ", ".join(parts) + f" ({self.forwards} transformer forwards)"
-        if self.switch_between is not None:
-            a, b = self.switch_between
-            out += f"; switch before step {self.switch_index}, between t={_num(a)} and t={_num(b)}"
-        else:
-            out += "; no expert switch"
-        return out
-
-
-def summarize_trace(trace) -> TraceSummary:
-    """Collapse per-forward entries (cond + uncond share a t) into per-step entries."""
-    steps: list[tuple[str, float]] = []
-    forwards = 0
-    for entry in trace or []:
-        try:
-            expert, t = str(entry[0]), float(entry[1])
-        except (TypeError, ValueError, IndexError):
-            continue
-        forwards += 1
-        if not steps or steps[-1] != (expert, t):
-            steps.append((expert, t))
-    counts: dict[str, int] = {}
-    for expert, _ in steps:
-        counts[expert] = counts.get(expert, 0) + 1
-    switch_index = switch_between = None
-    for i in range(1, len(steps)):
-        if steps[i][0] != steps[i - 1][0]:
-            switch_index, switch_between = i, (steps[i - 1][1], steps[i][1])
-            break
-    return TraceSummary(steps, forwards, counts, switch_index, switch_between)
-
-
-def _num(value) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:.4g}" if abs(value) < 10 else f"{value:.1f}"
-    return str(value)
-
-
 def _shift(value) -> str:
     return "unknown" if value is None else f"{float(value):.1f}"
 
@@ -177,207 +67,268 @@ def _high_steps_at(steps: list[tuple[str, float]], boundary: float) -> int:
 
 
 def _same(a, b) -> bool | None:
+    """Drift between two settings: unknown when either is unknown."""
     if a is None or b is None:
         return None
     return a != b
 
 
-def config_diff(result: dict, environment: dict | None = None) -> list[KnobRow]:
-    """The knob table for one result (see module doc)."""
-    env = environment or {}
-    p = profile_info(result)
-    era = _AITK_ERA.get((p.name or "").split("+", 1)[0])
-    a_sched, a_shift, a_sigmas = era if era else (None, None, None)
-    trace = summarize_trace(result.get("trace"))
-    steps = result.get("sample_steps")
-    g = result.get("guidance_scale")
-    m = result.get("network_multiplier")
-    frames = result.get("num_frames")
-    fps = result.get("fps")
-    lora_path = result.get("lora_path") or "none"
-    approx = " ".join(result.get("approximate") or [])
-    rows: list[KnobRow] = []
-
-    def sched_text(s, sig=None):
-        if s == "euler":
-            return "FlowMatch Euler"
-        if s == "unipc":
-            return "UniPC bh2, order 2" + (f", {sig} sigma grid" if sig else "")
-        return "unknown"
-
-    aitk_sched_text = sched_text(a_sched, a_sigmas) if era else "Euler (≥ 0.9.3) / UniPC (0.4.1–0.9.2)"
-    rows.append(KnobRow(
-        "sampler", "§7.1",
-        Cell(sched_text(p.scheduler, p.unipc_sigmas if p.scheduler == "unipc" else None), _same(p.scheduler, a_sched)),
-        Cell(aitk_sched_text),
-        {"diffusers": Cell("UniPC (UNVERIFIED)", _same("unipc", a_sched)),
-         "official": Cell("UniPC (--sample_solver unipc)", _same("unipc", a_sched)),
-         "runcomfy": Cell("UniPC bh2, order 2", _same("unipc", a_sched)),
-         "comfyui": Cell("euler / simple", _same("euler", a_sched))},
-        "different detail and noise texture; same composition at best"))
-    rows.append(KnobRow(
-        "shift", "§7.1",
-        Cell(_shift(p.shift), _same(p.shift, a_shift)),
-        Cell(_shift(a_shift) if era else "5.0 (Euler) / 3.0 (UniPC)"),
-        {"diffusers": Cell("scheduler config of the model repo (UNVERIFIED)"),
-         "official": Cell("5.0", _same(5.0, a_shift)),
-         "runcomfy": Cell("3.0", _same(3.0, a_shift)),
-         "comfyui": Cell("5.0 (ModelSamplingSD3; 5–8 common, UNVERIFIED)", _same(5.0, a_shift))},
-        "higher shift = more steps at high noise; changes motion and structure"))
-    boundary_text = _num(p.boundary)
-    if p.boundary is not None and trace.steps:
-        boundary_text += (f" → t ≥ {p.boundary * 1000:g}: {_high_steps_at(trace.steps, p.boundary)} of "
-                          f"{len(trace.steps)} steps on the high-noise expert")
-    alt = ""
-    if trace.steps:
-        alt = f" ({_high_steps_at(trace.steps, 0.9)} high steps on this schedule)"
-    rows.append(KnobRow(
-        "expert boundary", "§7.4",
-        Cell(boundary_text, _same(p.boundary, 0.875)),
-        Cell("0.875 (every version)"),
-        {"diffusers": Cell("0.9 (Wan2.2 I2V repo)" + alt, True),
-         "official": Cell("0.9" + alt, True),
-         "runcomfy": Cell("0.9" + alt, True),
-         "comfyui": Cell("step split (10 of 20), not a sigma boundary", True)},
-        "1–3 steps change expert; visible in coarse structure and motion"))
-    cfg = f"{_num(g)} for both experts" + ("" if g is None or g > 1 else " (≤ 1: CFG off)")
-    rows.append(KnobRow(
-        "CFG per expert", "§6",
-        Cell(cfg, False), Cell(f"one guidance_scale for both ({_num(g)})"),
-        {"diffusers": Cell("guidance_scale, optional guidance_scale_2", None),
-         "official": Cell("(3.5, 3.5)", None if g is None else g != 3.5),
-         "runcomfy": Cell("one for both (ai-toolkit pipeline)", False),
-         "comfyui": Cell("per KSampler; template 3.5", None if g is None else g != 3.5)},
-        "contrast and saturation"))
-    rows.append(KnobRow(
-        "steps", "§1.9",
-        Cell(_num(steps), False), Cell(f"{_num(steps)} from the job (UI default 25, 30 from 2026-04-10)"),
-        {"diffusers": Cell("50", _same(50, steps)), "official": Cell("40", _same(40, steps)),
-         "runcomfy": Cell("25", _same(25, steps)), "comfyui": Cell("20 (split at 10)", _same(20, steps))},
-        "detail / sharpness"))
-    rows.append(KnobRow(
-        "LoRA multiplier", "§8.3",
-        Cell("no LoRA" if lora_path == "none" else f"{_num(m)} on both experts", False),
-        Cell("one multiplier for both experts"),
-        {"diffusers": Cell("per adapter; LoRA on transformer only unless load_into_transformer_2", True),
-         "official": Cell("n/a (no LoRA loader)", None),
-         "runcomfy": Cell("per expert (loras[].network_multiplier)", True),
-         "comfyui": Cell("per expert (one LoraLoaderModelOnly each)", True)},
-        "LoRA strength per stage"))
-    lora_text = {"none": "no LoRA",
-                 "merged": "merged: W' = bf16(W + m·up@down)",
-                 "unmerged": "unmerged: fp32 A/B, delta rounded to bf16 then added"}.get(lora_path, lora_path)
-    rows.append(KnobRow(
-        "LoRA path / precision", "§8.2",
-        Cell(lora_text, False),
-        Cell("unmerged if quantize/layer_offloading/several multipliers, else merged (base weights drift per round)"),
-        {"diffusers": Cell("PEFT adapters cast to bf16", True),
-         "official": Cell("n/a", None),
-         "runcomfy": Cell("PEFT bf16 adapters (or fuse_lora)", True),
-         "comfyui": Cell("patched into the (fp8) weights", True)},
-        "tiny per layer, cumulative"))
-    post = {"sample": "posterior sample(), RNG seeded with seed", "mode": "posterior mode"}.get(p.posterior or "", "unknown")
-    rows.append(KnobRow(
-        "posterior", "§3",
-        Cell(post, _same(p.posterior, "sample")), Cell("sample() with seeded CUDA RNG (bf16)"),
-        {"diffusers": Cell("mode", True), "official": Cell("UNVERIFIED", None),
-         "runcomfy": Cell("sample(), CUDA RNG never seeded", True), "comfyui": Cell("UNVERIFIED", None)},
-        "first-frame fidelity / colour; run-to-run nondeterminism in runcomfy"))
-    cast = {True: "all bf16 (.to(bf16))", False: "fp32-kept modules stay fp32"}.get(p.cast_whole_bf16, "unknown")
-    rows.append(KnobRow(
-        "dtype of fp32-kept modules", "§11.1",
-        Cell(cast, _same(p.cast_whole_bf16, True)), Cell("all bf16 (time embedder, scale_shift_table, norms)"),
-        {"diffusers": Cell("kept fp32 (_keep_in_fp32_modules)", True), "official": Cell("params bf16 (UNVERIFIED)", None),
-         "runcomfy": Cell("kept fp32", True), "comfyui": Cell("UNVERIFIED", None)},
-        "tiny per step, accumulates; not bit-exact"))
-    quantized = "quantiz" in approx or "layer_offloading" in approx
-    rows.append(KnobRow(
-        "transformer quantization", "§9",
-        Cell("none (bf16 reference)", True if quantized else None),
-        Cell("as the job: qfloat8 (UI default) / uint4+ARA / none" + (" — this job quantized" if quantized else "")),
-        {"diffusers": Cell("bf16", None), "official": Cell("bf16", None), "runcomfy": Cell("bf16", None),
-         "comfyui": Cell("fp8_scaled", True)},
-        "noticeable texture and detail differences"))
-    rows.append(KnobRow(
-        "initial noise", "§3",
-        Cell("CPU generator, fp32 → bf16 → fp32", False), Cell("CPU generator, fp32 → bf16 → fp32"),
-        {"diffusers": Cell("caller's generator, fp32 not rounded", True), "official": Cell("CUDA generator", True),
-         "runcomfy": Cell("same as ai-toolkit", False), "comfyui": Cell("own CPU noise", True)},
-        "everything, if the generator differs"))
-    size = f"{result.get('width')}×{result.get('height')}"
-    req = (result.get("width_requested"), result.get("height_requested"))
-    if all(req) and tuple(req) != (result.get("width"), result.get("height")):
-        size += f" (requested {req[0]}×{req[1]})"
-    rows.append(KnobRow(
-        "control image resize", "§5",
-        Cell(f"LANCZOS stretch to {size}", False), Cell("LANCZOS stretch to the /16 size, no EXIF transpose"),
-        {"diffusers": Cell("caller's choice (examples: aspect-fit)", None), "official": Cell("aspect kept (max area)", True),
-         "runcomfy": Cell("LANCZOS stretch", False), "comfyui": Cell("aspect-fit / crop nodes", None)},
-        "geometry of the first frame"))
-    snapped = None
+def _passes(check) -> bool | None:
+    """``check()`` as a bool; None when the values it needs are missing or not numbers."""
     try:
-        snapped = (int(result["width"]) % 16 == 0 and int(result["height"]) % 16 == 0)
+        return bool(check())
     except (KeyError, TypeError, ValueError):
-        pass
-    rows.append(KnobRow(
-        "resolution snap", "§1.2",
-        Cell(size + ("" if snapped is None else (" (multiple of 16)" if snapped else " (NOT a multiple of 16)")),
-             None if snapped is None else not snapped),
-        Cell("/8 (min 64) then /16 floor"),
-        {"diffusers": Cell("model-specific", None), "official": Cell("--size area, aspect kept", True),
-         "runcomfy": Cell("/16 floor (I2V)", False), "comfyui": Cell("node-specific", None)},
-        "size mismatch"))
-    ok = None
-    try:
-        ok = (int(frames) - 1) % 4 == 0
-    except (TypeError, ValueError):
-        pass
-    rows.append(KnobRow(
-        "frames", "§1.2",
-        Cell(f"{_num(frames)}" + ("" if ok is None else (" (4k+1)" if ok else " (NOT 4k+1)")),
-             None if ok is None else not ok),
-        Cell("(n−1)//4·4+1; UI default 41"),
-        {"diffusers": Cell("81", _same(81, frames)), "official": Cell("81", _same(81, frames)),
-         "runcomfy": Cell("41", _same(41, frames)), "comfyui": Cell("template length", None)},
-        "length / motion"))
-    try:
-        single = int(frames) == 1
-    except (TypeError, ValueError):
-        single = False
-    if single:
-        enc = "JPEG q75 4:2:0 (Pillow defaults)"
-    else:
-        enc = f"animated WebP q80, duration 1000//fps = {1000 // int(fps)} ms" if fps else "animated WebP q80"
-    rows.append(KnobRow(
-        "output encoding", "§2.3",
-        Cell(enc, False), Cell("animated WebP q80 (video), JPEG q75 (single frame)"),
-        {"diffusers": Cell("export_to_video: mp4", True), "official": Cell("mp4", True),
-         "runcomfy": Cell("WebP q80 (video), JPEG q95 (image)", True if single else False),
-         "comfyui": Cell("save node: mp4 / webp settings", True)},
-        "compression artefacts in goldens"))
-    rows.append(KnobRow(
-        "VAE", "§11.4",
-        Cell("bf16, untiled decode", False), Cell("bf16, untiled (I2V)"),
-        {"diffusers": Cell("fp32 in examples", True), "official": Cell("UNVERIFIED", None),
-         "runcomfy": Cell("bf16, untiled", False), "comfyui": Cell("tiled decode common", True)},
-        "slight colour / texture; seams with tiling"))
-    tf32 = env.get("allow_tf32_matmul")
-    attn = "native SDPA, eager" + ("" if tf32 is None else f", TF32 matmul {'on' if tf32 else 'off'}")
-    rows.append(KnobRow(
-        "attention / TF32 / compile", "§11.3",
-        Cell(attn, bool(tf32) if tf32 is not None else None), Cell("native SDPA, TF32 off, no torch.compile"),
-        {"diffusers": Cell("SDPA by default", False), "official": Cell("flash-attn when available (UNVERIFIED)", None),
-         "runcomfy": Cell("xformers if installed, TF32 on, max-autotune compile", True),
-         "comfyui": Cell("varies (sage / flash / sdpa)", None)},
-        "tiny (not bit-exact)"))
-    neg = result.get("negative_prompt")
-    rows.append(KnobRow(
-        "negative prompt", "§1.6",
-        Cell("empty" if neg == "" else ("unknown" if neg is None else "set (see settings)"), False),
-        Cell('"" unless the job sets neg'),
-        {"diffusers": Cell("caller's (None → empty)", None),
-         "official": Cell("empty → Wan's default Chinese negative", True if neg == "" else None),
-         "runcomfy": Cell('"" default', False),
-         "comfyui": Cell("Wan's long default negative", True if neg == "" else None)},
-        "contrast, artefacts, prompt adherence"))
-    return rows
+        return None
+
+
+def _checked(text: str, ok: bool | None, good: str, bad: str) -> Cell:
+    """A render cell that says whether its value satisfies a rule; drift when it does not."""
+    return Cell(text + ("" if ok is None else (good if ok else bad)), None if ok is None else not ok)
+
+
+class _Job:
+    """One result as the knob table reads it: the render's profile and trace, and the job's own values."""
+
+    def __init__(self, result: dict, environment: dict | None):
+        self.result = result
+        self.env = environment or {}
+        self.profile = profile_info(result)
+        self.era = _AITK_ERA.get((self.profile.name or "").split("+", 1)[0])
+        self.aitk_scheduler, self.aitk_shift, self.aitk_sigmas = self.era if self.era else (None, None, None)
+        self.trace = summarize_trace(result.get("trace"))
+        self.steps = result.get("sample_steps")
+        self.guidance = result.get("guidance_scale")
+        self.frames = result.get("num_frames")
+        self.lora_path = result.get("lora_path") or "none"
+        approximate = " ".join(result.get("approximate") or [])
+        self.quantized = "quantiz" in approximate or "layer_offloading" in approximate
+        self.single = bool(_passes(lambda: int(self.frames) == 1))
+
+    @property
+    def size(self) -> str:
+        r = self.result
+        size = f"{r.get('width')}×{r.get('height')}"
+        req = (r.get("width_requested"), r.get("height_requested"))
+        if all(req) and tuple(req) != (r.get("width"), r.get("height")):
+            size += f" (requested {req[0]}×{req[1]})"
+        return size
+
+    def high_steps_text(self, boundary: float) -> str:
+        """How many steps this schedule spends on the high-noise expert at ``boundary`` ("" without a trace)."""
+        return f" ({_high_steps_at(self.trace.steps, boundary)} high steps on this schedule)" if self.trace.steps else ""
+
+
+Text = Union[str, Callable[[_Job], str]]
+
+
+@dataclass(frozen=True)
+class Vs:
+    """A stack's default compared with the knob's ai-toolkit value (drift when they differ, unknown if either is)."""
+
+    value: object
+
+
+Drift = Union[bool, None, Vs, Callable[[_Job], Optional[bool]]]
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One row of the config diff: how to read this render's setting, ai-toolkit's, and each stack's default."""
+
+    name: str
+    section: str  # PARITY section
+    render: Callable[[_Job], Cell]  # this render's setting; drift = it departs from ai-toolkit
+    aitk: Text  # what ai-toolkit did for this job
+    stacks: dict[str, tuple[Text, Drift]]  # stack key (see STACKS) -> (its default, drift from ai-toolkit)
+    effect: str  # what changes in the video when the knob differs
+    reference: Callable[[_Job], object] = lambda job: None  # the ai-toolkit value that ``Vs`` defaults are compared with
+
+    def row(self, job: _Job) -> KnobRow:
+        stacks = {key: Cell(_text(text, job), self._drift(drift, job)) for key, (text, drift) in self.stacks.items()}
+        return KnobRow(self.name, self.section, self.render(job), Cell(_text(self.aitk, job)), stacks, self.effect)
+
+    def _drift(self, drift: Drift, job: _Job) -> bool | None:
+        if isinstance(drift, Vs):
+            return _same(drift.value, self.reference(job))
+        return drift(job) if callable(drift) else drift
+
+
+def _text(text: Text, job: _Job) -> str:
+    return text(job) if callable(text) else text
+
+
+def _sampler_text(scheduler, sigmas=None) -> str:
+    if scheduler == "euler":
+        return "FlowMatch Euler"
+    if scheduler == "unipc":
+        return "UniPC bh2, order 2" + (f", {sigmas} sigma grid" if sigmas else "")
+    return "unknown"
+
+
+def _sampler(job: _Job) -> Cell:
+    p = job.profile
+    text = _sampler_text(p.scheduler, p.unipc_sigmas if p.scheduler == "unipc" else None)
+    return Cell(text, _same(p.scheduler, job.aitk_scheduler))
+
+
+def _multiplier(job: _Job) -> Cell:
+    m = job.result.get("network_multiplier")
+    return Cell("no LoRA" if job.lora_path == "none" else f"{fmt_num(m)} on both experts", False)
+
+
+def _boundary(job: _Job) -> Cell:
+    boundary, steps = job.profile.boundary, job.trace.steps
+    text = fmt_num(boundary)
+    if boundary is not None and steps:
+        text += (f" → t ≥ {boundary * 1000:g}: {_high_steps_at(steps, boundary)} of {len(steps)} steps "
+                 "on the high-noise expert")
+    return Cell(text, _same(boundary, 0.875))
+
+
+def _cfg(job: _Job) -> Cell:
+    g = job.guidance
+    return Cell(f"{fmt_num(g)} for both experts" + ("" if g is None or g > 1 else " (≤ 1: CFG off)"), False)
+
+
+_LORA_PATHS = {"none": "no LoRA", "merged": "merged: W' = bf16(W + m·up@down)",
+               "unmerged": "unmerged: fp32 A/B, delta rounded to bf16 then added"}
+_POSTERIORS = {"sample": "posterior sample(), RNG seeded with seed", "mode": "posterior mode"}
+_CASTS = {True: "all bf16 (.to(bf16))", False: "fp32-kept modules stay fp32"}
+
+
+def _snap(job: _Job) -> Cell:
+    r = job.result
+    snapped = _passes(lambda: int(r["width"]) % 16 == 0 and int(r["height"]) % 16 == 0)
+    return _checked(job.size, snapped, " (multiple of 16)", " (NOT a multiple of 16)")
+
+
+def _frames(job: _Job) -> Cell:
+    return _checked(fmt_num(job.frames), _passes(lambda: (int(job.frames) - 1) % 4 == 0), " (4k+1)", " (NOT 4k+1)")
+
+
+def _encoding(job: _Job) -> Cell:
+    fps = job.result.get("fps")
+    if job.single:
+        return Cell("JPEG q75 4:2:0 (Pillow defaults)", False)
+    return Cell(f"animated WebP q80, duration 1000//fps = {1000 // int(fps)} ms" if fps else "animated WebP q80", False)
+
+
+def _attention(job: _Job) -> Cell:
+    tf32 = job.env.get("allow_tf32_matmul")
+    text = "native SDPA, eager" + ("" if tf32 is None else f", TF32 matmul {'on' if tf32 else 'off'}")
+    return Cell(text, bool(tf32) if tf32 is not None else None)
+
+
+def _negative(job: _Job) -> Cell:
+    neg = job.result.get("negative_prompt")
+    return Cell("empty" if neg == "" else ("unknown" if neg is None else "set (see settings)"), False)
+
+
+def _replaced_if_empty(job: _Job) -> bool | None:
+    """Stacks that substitute Wan's long default negative for an empty one drift exactly then."""
+    return True if job.result.get("negative_prompt") == "" else None
+
+
+def _constant(text: str, drift: bool | None = None) -> Callable[[_Job], Cell]:
+    return lambda job: Cell(text, drift)
+
+
+KNOBS = (
+    Knob("sampler", "§7.1", _sampler,
+         lambda j: _sampler_text(j.aitk_scheduler, j.aitk_sigmas) if j.era else "Euler (≥ 0.9.3) / UniPC (0.4.1–0.9.2)",
+         {"diffusers": ("UniPC (UNVERIFIED)", Vs("unipc")), "official": ("UniPC (--sample_solver unipc)", Vs("unipc")),
+          "runcomfy": ("UniPC bh2, order 2", Vs("unipc")), "comfyui": ("euler / simple", Vs("euler"))},
+         "different detail and noise texture; same composition at best", reference=lambda j: j.aitk_scheduler),
+    Knob("shift", "§7.1", lambda j: Cell(_shift(j.profile.shift), _same(j.profile.shift, j.aitk_shift)),
+         lambda j: _shift(j.aitk_shift) if j.era else "5.0 (Euler) / 3.0 (UniPC)",
+         {"diffusers": ("scheduler config of the model repo (UNVERIFIED)", None), "official": ("5.0", Vs(5.0)),
+          "runcomfy": ("3.0", Vs(3.0)), "comfyui": ("5.0 (ModelSamplingSD3; 5–8 common, UNVERIFIED)", Vs(5.0))},
+         "higher shift = more steps at high noise; changes motion and structure", reference=lambda j: j.aitk_shift),
+    Knob("expert boundary", "§7.4", _boundary, "0.875 (every version)",
+         {"diffusers": (lambda j: "0.9 (Wan2.2 I2V repo)" + j.high_steps_text(0.9), True),
+          "official": (lambda j: "0.9" + j.high_steps_text(0.9), True),
+          "runcomfy": (lambda j: "0.9" + j.high_steps_text(0.9), True),
+          "comfyui": ("step split (10 of 20), not a sigma boundary", True)},
+         "1–3 steps change expert; visible in coarse structure and motion"),
+    Knob("CFG per expert", "§6", _cfg, lambda j: f"one guidance_scale for both ({fmt_num(j.guidance)})",
+         {"diffusers": ("guidance_scale, optional guidance_scale_2", None), "official": ("(3.5, 3.5)", Vs(3.5)),
+          "runcomfy": ("one for both (ai-toolkit pipeline)", False), "comfyui": ("per KSampler; template 3.5", Vs(3.5))},
+         "contrast and saturation", reference=lambda j: j.guidance),
+    Knob("steps", "§1.9", lambda j: Cell(fmt_num(j.steps), False),
+         lambda j: f"{fmt_num(j.steps)} from the job (UI default 25, 30 from 2026-04-10)",
+         {"diffusers": ("50", Vs(50)), "official": ("40", Vs(40)), "runcomfy": ("25", Vs(25)),
+          "comfyui": ("20 (split at 10)", Vs(20))},
+         "detail / sharpness", reference=lambda j: j.steps),
+    Knob("LoRA multiplier", "§8.3",
+         _multiplier,
+         "one multiplier for both experts",
+         {"diffusers": ("per adapter; LoRA on transformer only unless load_into_transformer_2", True),
+          "official": ("n/a (no LoRA loader)", None), "runcomfy": ("per expert (loras[].network_multiplier)", True),
+          "comfyui": ("per expert (one LoraLoaderModelOnly each)", True)},
+         "LoRA strength per stage"),
+    Knob("LoRA path / precision", "§8.2", lambda j: Cell(_LORA_PATHS.get(j.lora_path, j.lora_path), False),
+         "unmerged if quantize/layer_offloading/several multipliers, else merged (base weights drift per round)",
+         {"diffusers": ("PEFT adapters cast to bf16", True), "official": ("n/a", None),
+          "runcomfy": ("PEFT bf16 adapters (or fuse_lora)", True), "comfyui": ("patched into the (fp8) weights", True)},
+         "tiny per layer, cumulative"),
+    Knob("posterior", "§3",
+         lambda j: Cell(_POSTERIORS.get(j.profile.posterior or "", "unknown"), _same(j.profile.posterior, "sample")),
+         "sample() with seeded CUDA RNG (bf16)",
+         {"diffusers": ("mode", True), "official": ("UNVERIFIED", None),
+          "runcomfy": ("sample(), CUDA RNG never seeded", True), "comfyui": ("UNVERIFIED", None)},
+         "first-frame fidelity / colour; run-to-run nondeterminism in runcomfy"),
+    Knob("dtype of fp32-kept modules", "§11.1",
+         lambda j: Cell(_CASTS.get(j.profile.cast_whole_bf16, "unknown"), _same(j.profile.cast_whole_bf16, True)),
+         "all bf16 (time embedder, scale_shift_table, norms)",
+         {"diffusers": ("kept fp32 (_keep_in_fp32_modules)", True), "official": ("params bf16 (UNVERIFIED)", None),
+          "runcomfy": ("kept fp32", True), "comfyui": ("UNVERIFIED", None)},
+         "tiny per step, accumulates; not bit-exact"),
+    Knob("transformer quantization", "§9", lambda j: Cell("none (bf16 reference)", True if j.quantized else None),
+         lambda j: "as the job: qfloat8 (UI default) / uint4+ARA / none" + (" — this job quantized" if j.quantized else ""),
+         {"diffusers": ("bf16", None), "official": ("bf16", None), "runcomfy": ("bf16", None),
+          "comfyui": ("fp8_scaled", True)},
+         "noticeable texture and detail differences"),
+    Knob("initial noise", "§3", _constant("CPU generator, fp32 → bf16 → fp32", False),
+         "CPU generator, fp32 → bf16 → fp32",
+         {"diffusers": ("caller's generator, fp32 not rounded", True), "official": ("CUDA generator", True),
+          "runcomfy": ("same as ai-toolkit", False), "comfyui": ("own CPU noise", True)},
+         "everything, if the generator differs"),
+    Knob("control image resize", "§5", lambda j: Cell(f"LANCZOS stretch to {j.size}", False),
+         "LANCZOS stretch to the /16 size, no EXIF transpose",
+         {"diffusers": ("caller's choice (examples: aspect-fit)", None), "official": ("aspect kept (max area)", True),
+          "runcomfy": ("LANCZOS stretch", False), "comfyui": ("aspect-fit / crop nodes", None)},
+         "geometry of the first frame"),
+    Knob("resolution snap", "§1.2", _snap, "/8 (min 64) then /16 floor",
+         {"diffusers": ("model-specific", None), "official": ("--size area, aspect kept", True),
+          "runcomfy": ("/16 floor (I2V)", False), "comfyui": ("node-specific", None)},
+         "size mismatch"),
+    Knob("frames", "§1.2", _frames, "(n−1)//4·4+1; UI default 41",
+         {"diffusers": ("81", Vs(81)), "official": ("81", Vs(81)), "runcomfy": ("41", Vs(41)),
+          "comfyui": ("template length", None)},
+         "length / motion", reference=lambda j: j.frames),
+    Knob("output encoding", "§2.3", _encoding, "animated WebP q80 (video), JPEG q75 (single frame)",
+         {"diffusers": ("export_to_video: mp4", True), "official": ("mp4", True),
+          "runcomfy": ("WebP q80 (video), JPEG q95 (image)", lambda j: j.single),
+          "comfyui": ("save node: mp4 / webp settings", True)},
+         "compression artefacts in goldens"),
+    Knob("VAE", "§11.4", _constant("bf16, untiled decode", False), "bf16, untiled (I2V)",
+         {"diffusers": ("fp32 in examples", True), "official": ("UNVERIFIED", None),
+          "runcomfy": ("bf16, untiled", False), "comfyui": ("tiled decode common", True)},
+         "slight colour / texture; seams with tiling"),
+    Knob("attention / TF32 / compile", "§11.3", _attention, "native SDPA, TF32 off, no torch.compile",
+         {"diffusers": ("SDPA by default", False), "official": ("flash-attn when available (UNVERIFIED)", None),
+          "runcomfy": ("xformers if installed, TF32 on, max-autotune compile", True),
+          "comfyui": ("varies (sage / flash / sdpa)", None)},
+         "tiny (not bit-exact)"),
+    Knob("negative prompt", "§1.6", _negative, '"" unless the job sets neg',
+         {"diffusers": ("caller's (None → empty)", None),
+          "official": ("empty → Wan's default Chinese negative", _replaced_if_empty),
+          "runcomfy": ('"" default', False), "comfyui": ("Wan's long default negative", _replaced_if_empty)},
+         "contrast, artefacts, prompt adherence"),
+)
+
+
+def config_diff(result: dict, environment: dict | None = None) -> list[KnobRow]:
+    """The knob table for one result (see module doc): one row per entry of :data:`KNOBS`, in that order."""
+    job = _Job(result, environment)
+    return [knob.row(job) for knob in KNOBS]

@@ -13,7 +13,8 @@ from . import baseline as baseline_mod
 from . import diagnosis as dmod
 from .assets import Assets, PreviewPictures, draw_preview
 from .format import NO_VALUE, css_class, environment_rows, fmt_optional, fmt_psnr, fmt_value, quality_cells
-from .knobs import config_diff, profile_info, summarize_trace
+from .knobs import config_diff
+from .sampling import profile_info, summarize_trace
 
 STATUSES = ("pass", "fail", "error", "unreproducible")
 

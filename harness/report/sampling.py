@@ -1,0 +1,117 @@
+"""What a result ran with, as the report reads it: its sampler profile and its per-step expert trace.
+
+Results record the profile's name (possibly with ``+key=value`` overrides) and the trace of transformer calls;
+the report expands both into the settings and the step schedule that the config diff compares with other stacks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .format import fmt_num, plural
+
+
+@dataclass
+class ProfileInfo:
+    """The sampler settings a result ran with; from harness.render.profiles when the name is known."""
+
+    name: str | None
+    scheduler: str | None = None
+    shift: float | None = None
+    boundary: float | None = None
+    unipc_sigmas: str | None = None
+    posterior: str | None = None
+    cast_whole_bf16: bool | None = None
+    exact: bool | None = None
+    description: str = ""
+
+
+def profile_info(result: dict) -> ProfileInfo:
+    """Profile fields for a result: recorded fields win, else the registry, else name-only."""
+    name = result.get("profile")
+    info = ProfileInfo(name=name, exact=result.get("profile_exact"))
+    base = (name or "").split("+", 1)[0]
+    try:  # lightweight module (no torch); the report still works if it moves or the name is unknown
+        from harness.render.profiles import PROFILES
+    except Exception:  # pragma: no cover - defensive
+        PROFILES = {}
+    prof = PROFILES.get(base)
+    if prof is not None:
+        info.scheduler, info.shift, info.boundary = prof.scheduler, prof.shift, prof.boundary
+        info.unipc_sigmas, info.posterior, info.cast_whole_bf16 = prof.unipc_sigmas, prof.posterior, prof.cast_whole_bf16
+        info.description = prof.description
+        if info.exact is None:
+            info.exact = prof.exact
+    # A "+k=v,..." suffix (with_overrides) changes fields; the runner may also record them explicitly.
+    if name and "+" in name:
+        for part in name.split("+", 1)[1].split(","):
+            key, _, value = part.partition("=")
+            _apply_override(info, key.strip(), value.strip())
+    recorded = result.get("profile_settings")
+    if isinstance(recorded, dict):
+        for key, value in recorded.items():
+            if hasattr(info, key) and key != "name":
+                setattr(info, key, value)
+    return info
+
+
+def _apply_override(info: ProfileInfo, key: str, value: str) -> None:
+    if not hasattr(info, key) or key == "name":
+        return
+    current = getattr(info, key)
+    try:
+        if isinstance(current, bool) or value in ("True", "False"):
+            setattr(info, key, value == "True")
+        elif isinstance(current, float):
+            setattr(info, key, float(value))
+        else:
+            setattr(info, key, value)
+    except ValueError:
+        pass
+
+
+# --------------------------------------------------------------------------- trace
+
+
+@dataclass
+class TraceSummary:
+    steps: list[tuple[str, float]]  # one (expert, t) per denoising step
+    forwards: int
+    counts: dict[str, int]
+    switch_index: int | None  # first step on the second expert
+    switch_between: tuple[float, float] | None  # (last t on the first expert, first t on the next)
+
+    def text(self) -> str:
+        if not self.steps:
+            return "no trace recorded"
+        parts = [f"{plural(n, 'step')} on {e}" for e, n in self.counts.items()]
+        out = ", ".join(parts) + f" ({self.forwards} transformer forwards)"
+        if self.switch_between is not None:
+            a, b = self.switch_between
+            out += f"; switch before step {self.switch_index}, between t={fmt_num(a)} and t={fmt_num(b)}"
+        else:
+            out += "; no expert switch"
+        return out
+
+
+def summarize_trace(trace) -> TraceSummary:
+    """Collapse per-forward entries (cond + uncond share a t) into per-step entries."""
+    steps: list[tuple[str, float]] = []
+    forwards = 0
+    for entry in trace or []:
+        try:
+            expert, t = str(entry[0]), float(entry[1])
+        except (TypeError, ValueError, IndexError):
+            continue
+        forwards += 1
+        if not steps or steps[-1] != (expert, t):
+            steps.append((expert, t))
+    counts: dict[str, int] = {}
+    for expert, _ in steps:
+        counts[expert] = counts.get(expert, 0) + 1
+    switch_index = switch_between = None
+    for i in range(1, len(steps)):
+        if steps[i][0] != steps[i - 1][0]:
+            switch_index, switch_between = i, (steps[i - 1][1], steps[i][1])
+            break
+    return TraceSummary(steps, forwards, counts, switch_index, switch_between)
