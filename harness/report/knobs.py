@@ -1,4 +1,4 @@
-"""The config diff: a render's effective inference settings next to what common stacks use (PARITY §13).
+"""The config diff: a render's effective inference settings next to what common stacks use (§13, docs/parity).
 
 Each row is one drift knob. ``this render`` is derived from the result (and its sampler profile); the
 ``ai-toolkit`` column is what ai-toolkit did for previews of that era; the other columns are the defaults
@@ -19,7 +19,7 @@ STACKS = (
     ("comfyui", "ComfyUI Wan 2.2 I2V template"),
 )
 
-# What ai-toolkit's own sampler did per profile era (PARITY §7.1); non-aitk profiles map to None.
+# What ai-toolkit's own sampler did per profile era (§7.1, docs/parity); non-aitk profiles map to None.
 _AITK_ERA = {
     "aitk-euler": ("euler", 5.0, None),
     "aitk-unipc": ("unipc", 3.0, "new"),
@@ -36,7 +36,7 @@ class Cell:
 @dataclass
 class KnobRow:
     knob: str
-    section: str  # PARITY section
+    section: str  # section of docs/parity
     render: Cell
     aitk: Cell
     stacks: dict[str, Cell] = field(default_factory=dict)
@@ -250,7 +250,7 @@ def config_diff(result: dict, environment: dict | None = None) -> list[KnobRow]:
          "comfyui": Cell("per KSampler; template 3.5", None if g is None else g != 3.5)},
         "contrast and saturation"))
     rows.append(KnobRow(
-        "steps", "§1.9",
+        "steps", "§1.2",
         Cell(_num(steps), False), Cell(f"{_num(steps)} from the job (UI default 25, 30 from 2026-04-10)"),
         {"diffusers": Cell("50", _same(50, steps)), "official": Cell("40", _same(40, steps)),
          "runcomfy": Cell("25", _same(25, steps)), "comfyui": Cell("20 (split at 10)", _same(20, steps))},
@@ -320,7 +320,7 @@ def config_diff(result: dict, environment: dict | None = None) -> list[KnobRow]:
     except (KeyError, TypeError, ValueError):
         pass
     rows.append(KnobRow(
-        "resolution snap", "§1.2",
+        "resolution snap", "§5.2",
         Cell(size + ("" if snapped is None else (" (multiple of 16)" if snapped else " (NOT a multiple of 16)")),
              None if snapped is None else not snapped),
         Cell("/8 (min 64) then /16 floor"),
@@ -333,7 +333,7 @@ def config_diff(result: dict, environment: dict | None = None) -> list[KnobRow]:
     except (TypeError, ValueError):
         pass
     rows.append(KnobRow(
-        "frames", "§1.2",
+        "frames", "§5.1",
         Cell(f"{_num(frames)}" + ("" if ok is None else (" (4k+1)" if ok else " (NOT 4k+1)")),
              None if ok is None else not ok),
         Cell("(n−1)//4·4+1; UI default 41"),
