@@ -49,7 +49,7 @@ SCHEMA = "wan-parity-bench/1"
 TEXT_LEN = 512  # UMT5 sequence length the pipeline always pads to
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Real public configs (Wan-AI/Wan2.2-I2V-A14B-Diffusers; DIFFUSERS-FACTS.md §6)
+# Real public configs (Wan-AI/Wan2.2-I2V-A14B-Diffusers; ../shared/DIFFUSERS-FACTS.md, section 6, outside the repo)
 # ---------------------------------------------------------------------------------------------------------------------
 
 # The tiny demo transformer shares the architecture; only the sizes differ.
@@ -102,7 +102,7 @@ def synthetic_configs(kind: str) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# FLOP bound (DIFFUSERS-FACTS.md §6)
+# FLOP bound (../shared/DIFFUSERS-FACTS.md, section 6, outside the repo)
 # ---------------------------------------------------------------------------------------------------------------------
 
 def parse_size(text: str) -> tuple[int, int, int]:

@@ -9,7 +9,7 @@ The folder has the layout of ``Wan-AI/Wan2.2-I2V-A14B-Diffusers`` (two experts `
 ``transformer_2``, ``vae``, ``text_encoder``, ``tokenizer``, ``scheduler``, ``model_index.json`` with
 ``boundary_ratio`` 0.9) at toy sizes, so the same loading code paths run as for the real model.
 
-The LoRA writer produces files in ai-toolkit's on-disk layout (PARITY.md §8.4): original-Wan key
+The LoRA writer produces files in ai-toolkit's on-disk layout (§8.4, docs/parity): original-Wan key
 names (``diffusion_model.blocks.N.self_attn.q.lora_A.weight``), no alpha keys (scale 1), metadata
 as ai-toolkit writes it, and ai-toolkit's ``_high_noise`` / ``_low_noise`` file names.
 """
@@ -205,7 +205,7 @@ def build_tokenizer():
     then ``<extra_id_99>`` .. ``<extra_id_0>`` at the top (ids 160..259). ``""`` encodes to [1].
     We pass the vocab list rather than an ``spiece.model`` file: in transformers 5.x,
     ``T5Tokenizer(vocab_file=...)`` silently builds a broken 4-token tokenizer
-    (DIFFUSERS-FACTS.md §3.2).
+    (../shared/DIFFUSERS-FACTS.md, section 3.2, outside the repo).
     """
     from transformers import T5Tokenizer
 
@@ -344,7 +344,7 @@ AITK_VERSION = "0.12.26"
 AITK_SOFTWARE = {"name": "ai-toolkit", "repo": "https://github.com/ostris/ai-toolkit", "version": AITK_VERSION}
 
 # ai-toolkit (original-Wan) module name -> diffusers module name, per block. These are the 10
-# Linear modules ai-toolkit targets in every block (PARITY.md §8.1/§8.4).
+# Linear modules ai-toolkit targets in every block (§8.1/§8.4, docs/parity).
 AITK_TO_DIFFUSERS = {
     "self_attn.q": "attn1.to_q",
     "self_attn.k": "attn1.to_k",

@@ -5,7 +5,7 @@ to the *baseline* (the exact settings ``wan-parity run`` uses: profile, multipli
 each variant with the golden on the encoded view (our frames re-encoded like ai-toolkit, as ``run`` compares), ranks
 the variants (bit-exact first, then encoded PSNR min, then mean) and states the best explanation in one sentence.
 
-Knob families (PARITY §13), each a list of :class:`Variant`s built from the baseline:
+Knob families (§13, docs/parity), each a list of :class:`Variant`s built from the baseline:
 
 =============  ====================================================================================================
 ``profile``    every other sampler profile (aitk-euler, aitk-unipc, aitk-unipc-old, runcomfy, diffusers-stock)

@@ -1,4 +1,4 @@
-"""Read previews and encode frames exactly as ai-toolkit does (PARITY.md §2.3).
+"""Read previews and encode frames exactly as ai-toolkit does (§2.3, docs/parity).
 
 ai-toolkit's preview is a *lossy* re-encoding of the frames its pipeline produced, so the
 harness needs three things from this module: decode any preview into uint8 RGB frames,

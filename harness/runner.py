@@ -90,7 +90,7 @@ def set_threads(threads: int | None, device: str) -> int:
 
 
 def choose_profile(target: PreviewTarget, override: str | None):
-    """Profile by name, or ``auto``: from the ai-toolkit version in the LoRA metadata (PARITY §7.1)."""
+    """Profile by name, or ``auto``: from the ai-toolkit version in the LoRA metadata (§7.1, docs/parity)."""
     from .render.profiles import get_profile, profile_for_aitk_version
 
     name = override or target.profile or "auto"
@@ -112,7 +112,7 @@ def aitk_version(target: PreviewTarget) -> str | None:
 
 
 def quantization_for(target: PreviewTarget, ara: str | None = None):
-    """ai-toolkit's quantization for the job (PARITY §9), or None; HarnessError for what cannot be reproduced."""
+    """ai-toolkit's quantization for the job (§9, docs/parity), or None; HarnessError for what cannot be reproduced."""
     from .render.quant import quantization_plan
 
     return quantization_plan(target.model_block, aitk_version(target), ara_path=ara)

@@ -1,4 +1,4 @@
-"""Unit tests for harness.render.conditioning: first-frame I2V conditioning (PARITY §5)."""
+"""Unit tests for harness.render.conditioning: first-frame I2V conditioning (§5, docs/parity)."""
 
 from __future__ import annotations
 

@@ -176,7 +176,7 @@ _FFN = {"0": "ffn.net.0.proj", "2": "ffn.net.2"}
 
 
 def _diffusers_module(key: str) -> tuple[str, str]:
-    """Independent re-implementation of the file -> diffusers name mapping (PARITY.md §8.4)."""
+    """Independent re-implementation of the file -> diffusers name mapping (§8.4, docs/parity)."""
     m = _AITK_KEY.match(key)
     assert m, key
     block, group, proj, ab = m.groups()

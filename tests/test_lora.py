@@ -1,4 +1,4 @@
-"""Unit tests for harness.render.lora: ai-toolkit LoRA files and how they are applied while sampling (PARITY §8)."""
+"""Unit tests for harness.render.lora: ai-toolkit LoRA files and how they are applied in sampling (§8, docs/parity)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""ai-toolkit's quantized sampling models (PARITY §9): which modules, which qtype, and the exact arithmetic.
+"""ai-toolkit's quantized sampling models (§9, docs/parity): which modules, which qtype, and the exact arithmetic.
 
 Built on the tiny offline model (``harness.demo_model``), CPU, 2 threads.
 """
@@ -114,7 +114,7 @@ def test_plan_with_ara(tmp_path):
 
 @pytest.mark.parametrize("out_f, in_f, tokens", [(24, 24, 7), (64, 24, 33), (24, 64, 130), (96, 160, 64)])
 def test_qlinear_matches_independent_qfloat8_arithmetic(out_f, in_f, tokens):
-    """quanto 0.2.4 on CPU == PARITY §9: row scale amax/448 (bf16), fp8 data, matmul then a separate bias add."""
+    """quanto 0.2.4 on CPU == §9 (docs/parity): row scale amax/448 (bf16), fp8 data, matmul then a separate bias add."""
     from optimum.quanto import QLinear
 
     gen = torch.Generator().manual_seed(out_f * 1000 + in_f)

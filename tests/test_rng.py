@@ -1,4 +1,4 @@
-"""Unit tests for harness.render.rng: the order in which a preview consumes random numbers (PARITY §3)."""
+"""Unit tests for harness.render.rng: the order in which a preview consumes random numbers (§3, docs/parity)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""Unit tests for harness.render.schedule / profiles and the Euler step arithmetic (PARITY §7.1-§7.5, §6).
+"""Unit tests for harness.render.schedule / profiles and the Euler step arithmetic (§7.1-§7.5, §6, docs/parity).
 
-Expected values are the PARITY §7.4 tables typed in here, or the §7.2/§7.3 formulas recomputed in the test; none
+Expected values are the §7.4 tables (docs/parity) typed in here, or the §7.2/§7.3 formulas recomputed in the test; none
 of them come from running the code under test.
 """
 
@@ -21,7 +21,7 @@ ORACLE = Path(__file__).resolve().parents[1].parent / "shared" / "oracle"
 BF16 = torch.bfloat16
 
 
-# --- PARITY §7.4, typed in from the table -------------------------------------------------------------------------
+# --- §7.4 (docs/parity), typed in from the table ---------------------------------------------------------------------
 
 EULER_25_T = [
     1000.0000, 991.4237, 982.2381, 972.3759, 961.7593, 950.2985, 937.8885, 924.4066, 909.7072, 893.6177,
@@ -57,7 +57,7 @@ def _schedule(name: str, steps: int, profile: SamplerProfile | None = None):
 
 
 def _euler_sigmas_from_spec(steps: int, shift: float = 5.0) -> torch.Tensor:
-    """PARITY §7.2 written out: float32 training grid, float64 set_timesteps grid shifted again, final 0."""
+    """§7.2 written out: float32 training grid, float64 set_timesteps grid shifted again, final 0."""
     train = np.linspace(1, 1000, 1000, dtype=np.float32)[::-1].copy()
     train_sigmas = torch.from_numpy(train) / 1000
     train_sigmas = shift * train_sigmas / (1 + (shift - 1) * train_sigmas)

@@ -1,4 +1,4 @@
-"""Unit tests for harness.render.text: prompt cleaning, tokenisation and UMT5 encoding (PARITY §4)."""
+"""Unit tests for harness.render.text: prompt cleaning, tokenisation and UMT5 encoding (§4, docs/parity)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Read an ai-toolkit job YAML (PARITY §1.1) into the few settings that decide preview pixels."""
+"""Read an ai-toolkit job YAML (§1.1, docs/parity) into the few settings that decide preview pixels."""
 
 from __future__ import annotations
 
@@ -40,12 +40,12 @@ class AitkJob:
             return None
         return (
             f"train.dtype is {self.train_dtype!r}: ai-toolkit ran the model in that dtype, "
-            "but the renderer supports bf16 only (PARITY §1.1)"
+            "but the renderer supports bf16 only (§1.1, docs/parity)"
         )
 
     @property
     def render_device(self) -> str:
-        """'cpu' or 'cuda': where ai-toolkit rendered, which decides the posterior RNG layout (PARITY §3)."""
+        """'cpu' or 'cuda': where ai-toolkit rendered, which decides the posterior RNG layout (§3, docs/parity)."""
         return "cpu" if str(self.process.get("device", "cuda")).split(":")[0] == "cpu" else "cuda"
 
     @property
@@ -159,7 +159,7 @@ def _model_block(path: Path, proc: dict) -> dict:
 
 
 def _job_name(path: Path, raw: dict, proc: dict) -> str:
-    """The name is the output sub-folder and the checkpoint prefix (PARITY §2.1)."""
+    """The name is the output sub-folder and the checkpoint prefix (§2.1, docs/parity)."""
     name = proc.get("name") or raw["config"].get("name")
     if not name:
         raise HarnessError(path, "config.name", "missing; ai-toolkit needs it for the output folder and file names")

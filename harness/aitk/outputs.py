@@ -1,4 +1,4 @@
-"""Find the previews in an ai-toolkit output folder and pair each with its settings and LoRA (PARITY §1.8, §2).
+"""Find the previews in an ai-toolkit output folder and pair each with its settings and LoRA (§1.8, §2, docs/parity).
 
 The file name is the only record of which step and sample a preview belongs to, so pairing follows
 ai-toolkit's naming exactly: ``<time>__<step:09d>_<i>.<ext>`` and ``<name>_<step:09d>_{high,low}_noise``.

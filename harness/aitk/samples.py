@@ -1,4 +1,4 @@
-"""Expand an ai-toolkit ``sample`` block into the effective per-preview settings (PARITY §1.2-§1.7, §5.1-5.2).
+"""Expand an ai-toolkit ``sample`` block into the effective per-preview settings (§1.2-§1.7, §5.1-§5.2, docs/parity).
 
 Every rule here mirrors what ai-toolkit does, including its quirks (a ``--`` in prose truncates the
 prompt, an item seed leaks into later items without ``walk_seed``), because the goal is to

@@ -1,4 +1,4 @@
-"""First-frame conditioning for I2V (PARITY §5): image -> bf16 tensor -> VAE posterior -> normalised latents.
+"""First-frame conditioning for I2V (§5, docs/parity): image -> bf16 tensor -> VAE posterior -> normalised latents.
 
 Every cast happens where ai-toolkit casts: the [0,1] pixels are rounded to bf16 before ``*2-1``, the latent
 normalisation runs in bf16 with the std rounded to bf16 *before* its reciprocal.

@@ -1,4 +1,4 @@
-"""ai-toolkit LoRA files and the two ways ai-toolkit applies them during sampling (PARITY §8).
+"""ai-toolkit LoRA files and the two ways ai-toolkit applies them during sampling (§8, docs/parity).
 
 * unmerged: ``out = base_bf16(x) + bf16(m * B(A(x.float())))`` with fp32 A/B, via forward hooks;
 * merged:   ``W' = bf16(W.float() + m * B @ A)``, written into the weights and restored bit-exactly afterwards

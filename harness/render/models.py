@@ -1,4 +1,4 @@
-"""Loading the base model like ai-toolkit (PARITY §11.1, §11.4, §4) and keeping it loaded across previews."""
+"""Loading the base model like ai-toolkit (§11.1, §11.4, §4, docs/parity) and keeping it loaded across previews."""
 
 from __future__ import annotations
 
@@ -119,7 +119,7 @@ def load_transformer(base_dir: Path, subfolder: str, device, cast_whole_bf16: bo
 
 def load_bundle(base_dir: Path, vae_dir: Path, device, cast_whole_bf16: bool = True, quantization=None,
                 offload: str = "none") -> ModelBundle:
-    """``quantization``: a ``quant.QuantPlan`` (ai-toolkit's quantized sampling model, PARITY §9) or None for bf16.
+    """``quantization``: a ``quant.QuantPlan`` (ai-toolkit's quantized sampling model, §9) or None for bf16.
 
     With an offload mode the large modules are loaded onto the host and never all sit on the GPU at once.
     """

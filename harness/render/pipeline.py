@@ -1,4 +1,4 @@
-"""The exact Wan 2.2 I2V MoE sampling loop, read top to bottom like ai-toolkit's ``Wan22Pipeline`` call (PARITY §6)."""
+"""The exact Wan 2.2 I2V MoE sampling loop, read top to bottom like ai-toolkit's ``Wan22Pipeline`` (§6, docs/parity)."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def denoise(bundle: ModelBundle, latents: torch.Tensor, condition: torch.Tensor,
     """Euler/UniPC loop: bf16 model input, cond then uncond batch-1 forwards, bf16 CFG, step via diffusers.
 
     Passing a bf16 model output and fp32 latents to diffusers' ``step`` reproduces ai-toolkit's bf16 rounding of
-    ``dt * v`` (PARITY §7.3); a hand-written fp32 update would not.
+    ``dt * v`` (§7.3); a hand-written fp32 update would not.
     """
     scheduler = make_scheduler(profile)
     timesteps = set_timesteps(scheduler, profile, steps, latents.device)

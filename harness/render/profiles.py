@@ -20,7 +20,7 @@ class SamplerProfile:
     boundary: float  # expert switch: t >= boundary * 1000 runs the high-noise `transformer`
     unipc_sigmas: str = "new"  # "old": diffusers sigma grid before 2026-01-22 (ai-toolkit < 0.7.25)
     posterior: str = "sample"  # "sample" (ai-toolkit, seeded) or "mode" (stock diffusers)
-    cast_whole_bf16: bool = True  # ai-toolkit's `.to(bf16)` after from_pretrained (PARITY §11.1)
+    cast_whole_bf16: bool = True  # ai-toolkit's `.to(bf16)` after from_pretrained (§11.1, docs/parity)
     exact: bool = True  # whether this profile claims bit-exactness with ai-toolkit
     description: str = ""
 
@@ -74,7 +74,7 @@ def _version_tuple(version: str) -> tuple[int, ...]:
 
 
 def profile_for_aitk_version(version: str | None) -> tuple[SamplerProfile, str]:
-    """Pick the profile ai-toolkit of this version sampled with (PARITY §7.1); returns (profile, why)."""
+    """Pick the profile ai-toolkit of this version sampled with (§7.1, docs/parity); returns (profile, why)."""
     if not version:
         return PROFILES[DEFAULT_PROFILE], "no ai-toolkit version in the LoRA metadata; assuming the current sampler"
     v = _version_tuple(version)

@@ -1,4 +1,4 @@
-"""ai-toolkit's quantized sampling models (PARITY §9), rebuilt so quantized previews can be re-rendered exactly.
+"""ai-toolkit's quantized sampling models (§9, docs/parity), rebuilt so quantized previews can be re-rendered exactly.
 
 What ai-toolkit did (read at 27a03a91, ``toolkit/util/quantize.py`` + ``wan22_14b_model.py`` + ``wan21.py``):
 
@@ -297,7 +297,7 @@ def _quantize_tree(root: torch.nn.Module, qtype: str, exclude=()) -> int:
 
 
 def quantize_transformer(model: torch.nn.Module, qtype: str, exclude=()) -> None:
-    """``quantize_model`` without ARA: block by block, then the extras minus ``exclude`` (PARITY §9)."""
+    """``quantize_model`` without ARA: block by block, then the extras minus ``exclude`` (§9, docs/parity)."""
     for block in model.blocks:
         _quantize_tree(block, qtype, exclude)
     _quantize_tree(model, qtype, exclude)

@@ -1,4 +1,4 @@
-"""Random draws in ai-toolkit's exact order (PARITY §3).
+"""Random draws in ai-toolkit's exact order (§3, docs/parity).
 
 Initial noise always comes from a CPU generator seeded with the preview's seed, drawn in fp32 and rounded to bf16.
 The first-frame posterior is *sampled*, and where its noise comes from depends on where ai-toolkit's VAE ran:
@@ -34,7 +34,7 @@ class PreviewRng:
     def posterior_noise(self, shape) -> torch.Tensor:
         """The VAE posterior's eps in bf16 on the VAE device.
 
-        A bf16 draw equals an fp32 draw cast to bf16 and consumes the stream identically (PARITY §3), so one code
+        A bf16 draw equals an fp32 draw cast to bf16 and consumes the stream identically (§3.5), so one code
         path serves both layouts.
         """
         if self.layout == "cpu":

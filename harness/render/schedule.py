@@ -1,4 +1,4 @@
-"""Scheduler construction per profile, and which expert runs at each timestep (PARITY §7)."""
+"""Scheduler construction per profile, and which expert runs at each timestep (§7, docs/parity)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from .profiles import SamplerProfile
 
 NUM_TRAIN_TIMESTEPS = 1000
 
-# ai-toolkit's UniPC settings of the 2025-08 to 2026-04 era (PARITY §7.1); the shift comes from the profile.
+# ai-toolkit's UniPC settings of the 2025-08 to 2026-04 era (§7.1, docs/parity); the shift comes from the profile.
 UNIPC_FLOW_CONFIG = dict(
     num_train_timesteps=NUM_TRAIN_TIMESTEPS,
     prediction_type="flow_prediction",

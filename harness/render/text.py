@@ -1,4 +1,4 @@
-"""Prompt encoding as ai-toolkit does it through diffusers' Wan pipeline (PARITY §4)."""
+"""Prompt encoding as ai-toolkit does it through diffusers' Wan pipeline (§4, docs/parity)."""
 
 from __future__ import annotations
 

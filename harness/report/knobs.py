@@ -1,4 +1,4 @@
-"""The config diff: a render's effective inference settings next to what common stacks use (PARITY §13).
+"""The config diff: a render's effective inference settings next to what common stacks use (§13, docs/parity).
 
 Each row is one drift knob. ``this render`` is derived from the result (and its sampler profile); the
 ``ai-toolkit`` column is what ai-toolkit did for previews of that era; the other columns are the defaults
@@ -23,7 +23,7 @@ STACKS = (
     ("comfyui", "ComfyUI Wan 2.2 I2V template"),
 )
 
-# What ai-toolkit's own sampler did per profile era (PARITY §7.1); non-aitk profiles map to None.
+# What ai-toolkit's own sampler did per profile era (§7.1, docs/parity); non-aitk profiles map to None.
 _AITK_ERA = {
     "aitk-euler": ("euler", 5.0, None),
     "aitk-unipc": ("unipc", 3.0, "new"),
@@ -254,7 +254,7 @@ KNOBS = (
          {"diffusers": ("guidance_scale, optional guidance_scale_2", None), "official": ("(3.5, 3.5)", Vs(3.5)),
           "runcomfy": ("one for both (ai-toolkit pipeline)", False), "comfyui": ("per KSampler; template 3.5", Vs(3.5))},
          "contrast and saturation", reference=lambda j: j.guidance),
-    Knob("steps", "§1.9", lambda j: Cell(fmt_num(j.steps), False),
+    Knob("steps", "§1.2", lambda j: Cell(fmt_num(j.steps), False),
          lambda j: f"{fmt_num(j.steps)} from the job (UI default 25, 30 from 2026-04-10)",
          {"diffusers": ("50", Vs(50)), "official": ("40", Vs(40)), "runcomfy": ("25", Vs(25)),
           "comfyui": ("20 (split at 10)", Vs(20))},
@@ -298,11 +298,11 @@ KNOBS = (
          {"diffusers": ("caller's choice (examples: aspect-fit)", None), "official": ("aspect kept (max area)", True),
           "runcomfy": ("LANCZOS stretch", False), "comfyui": ("aspect-fit / crop nodes", None)},
          "geometry of the first frame"),
-    Knob("resolution snap", "§1.2", _snap, "/8 (min 64) then /16 floor",
+    Knob("resolution snap", "§5.2", _snap, "/8 (min 64) then /16 floor",
          {"diffusers": ("model-specific", None), "official": ("--size area, aspect kept", True),
           "runcomfy": ("/16 floor (I2V)", False), "comfyui": ("node-specific", None)},
          "size mismatch"),
-    Knob("frames", "§1.2", _frames, "(n−1)//4·4+1; UI default 41",
+    Knob("frames", "§5.1", _frames, "(n−1)//4·4+1; UI default 41",
          {"diffusers": ("81", Vs(81)), "official": ("81", Vs(81)), "runcomfy": ("41", Vs(41)),
           "comfyui": ("template length", None)},
          "length / motion", reference=lambda j: j.frames),

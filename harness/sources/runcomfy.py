@@ -1,4 +1,4 @@
-"""A runcomfy ai-toolkit-inference request (JSON) as a case source (PARITY §10).
+"""A runcomfy ai-toolkit-inference request (JSON) as a case source (§10, docs/parity).
 
 Users compare ai-toolkit previews with what the runcomfy service rendered for the same LoRA, so the
 harness must rebuild the *service's* settings, not ai-toolkit's: only ``[trigger]`` is replaced (never
