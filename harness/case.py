@@ -17,7 +17,11 @@ case keeps *copies* of the small things (previews, lossless frames, config, cont
     path_map: {/workspace/oracle: /work/shared/oracle}  # optional; OLD: NEW, on top of the CLI's --path-map
     profile: auto                    # auto | aitk-euler | aitk-unipc | aitk-unipc-old | runcomfy | diffusers-stock
     threads: 2                       # optional; CPU threads for the render (bit-exactness depends on it)
-    tolerances: {psnr_min: 40.0, ssim_min: 0.99, require_bit_exact: false}   # optional; every key optional
+    tolerances: {psnr_min: 40.0, ssim_min: 0.99, require_bit_exact: auto}   # optional; every key optional;
+                                     # require_bit_exact: auto (default: when the stacks match) | true | false
+    golden_stack:                    # optional; the stack that rendered the goldens (`wan-parity fingerprint`):
+      {device: cpu, torch: 2.14.1, threads: 2, aten_cpu_capability: avx2, onednn_max_isa: AVX2}  # any subset,
+                                     # or the path of a stack file (relative to this file)
     device: auto                          # auto|cpu|cuda: where to render (CPU goldens only match CPU renders)
     steps: [0, 2]                    # optional; only previews with these step labels
     samples: [0]                     # optional; only these sample indices
@@ -45,6 +49,7 @@ from harness.aitk.samples import UNREPRODUCIBLE, expand_samples
 from harness.errors import HarnessError
 from harness.fsutil import write_text_atomic
 from harness.paths import PathMap, resolve_ctrl_img
+from harness.stack import check_stack, load_stack, stack_beside
 from harness.spec import PreviewJob
 
 SCHEMA = "wan-parity/case@1"
@@ -53,7 +58,7 @@ PROFILE_NAMES = ("auto", "aitk-euler", "aitk-unipc", "aitk-unipc-old", "runcomfy
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 REQUIRED = ("schema", "name", "golden_dir")
 OPTIONAL = ("lora_dir", "ctrl_images", "base_model", "vae", "path_map", "profile", "device", "threads", "tolerances",
-            "steps", "samples", "notes")
+            "golden_stack", "steps", "samples", "notes")
 TOLERANCE_KEYS = ("psnr_min", "ssim_min", "require_bit_exact")
 DEVICES = ("auto", "cpu", "cuda")
 CASE_SUFFIXES = (".yaml", ".yml")
@@ -76,6 +81,7 @@ class Case:
     device: str = "auto"  # where to render: a CPU-rendered golden only matches a CPU render
     threads: int | None = None
     tolerances: dict[str, float] = field(default_factory=dict)
+    golden_stack: dict | None = None  # the numerics-deciding stack that rendered the goldens (harness.stack)
     steps: list[int] | None = None
     samples: list[int] | None = None
     notes: str = ""
@@ -218,6 +224,7 @@ def load_case(path: str | Path) -> Case:
         device=v.device(data.get("device", "auto")),
         threads=v.threads(data.get("threads")),
         tolerances=v.tolerances(data.get("tolerances")),
+        golden_stack=v.golden_stack(data.get("golden_stack")),
         steps=v.index_list(data.get("steps"), "steps"),
         samples=v.index_list(data.get("samples"), "samples"),
         notes=v.opt_string(data.get("notes"), "notes") or "",
@@ -310,8 +317,8 @@ class _Validator:
             if k not in TOLERANCE_KEYS:
                 self.fail(f"tolerances.{k}", f"unknown tolerance; known: {', '.join(TOLERANCE_KEYS)}")
             if k == "require_bit_exact":
-                if not isinstance(v, bool):
-                    self.fail(f"tolerances.{k}", f"must be true or false, got {v!r}")
+                if not isinstance(v, bool) and v != "auto":
+                    self.fail(f"tolerances.{k}", f"must be auto, true or false, got {v!r}")
                 out[k] = v
                 continue
             if isinstance(v, bool) or not isinstance(v, (int, float)):
@@ -320,6 +327,17 @@ class _Validator:
                 self.fail(f"tolerances.{k}", f"SSIM lies in [-1, 1], got {v!r}")
             out[k] = float(v)
         return out
+
+    def golden_stack(self, value: Any) -> dict | None:
+        """A mapping of stack keys, or the path of a stack file (relative to the case file)."""
+        if value is None:
+            return None
+        if isinstance(value, str):
+            try:
+                return load_stack(_under(self.path.parent, value))
+            except HarnessError as exc:
+                self.fail("golden_stack", f"{value!r}: {exc.line()}")
+        return check_stack(value, self.path)
 
     def index_list(self, value: Any, field_: str) -> list[int] | None:
         if value is None:
@@ -347,7 +365,7 @@ def case_to_dict(case: Case) -> dict:
         "lora_dir": case.lora_dir, "ctrl_images": case.ctrl_images or None, "base_model": case.base_model,
         "vae": case.vae, "path_map": case.path_map or None, "profile": case.profile,
         "device": None if case.device == "auto" else case.device, "threads": case.threads,
-        "tolerances": case.tolerances or None, "steps": case.steps, "samples": case.samples, "notes": case.notes or None,
+        "tolerances": case.tolerances or None, "golden_stack": case.golden_stack, "steps": case.steps, "samples": case.samples, "notes": case.notes or None,
     }
     data.update({k: v for k, v in optional.items() if v is not None})
     return data
@@ -416,11 +434,12 @@ def find_case_files(target: str | Path) -> list[Path]:
 
 def import_output(output_dir: str | Path, name: str, cases_dir: str | Path = "cases",
                   golden_dir: str | Path = "golden", path_map: PathMap | Iterable[str] | dict | None = None,
-                  force: bool = False) -> Path:
+                  force: bool = False, golden_stack: dict | None = None) -> Path:
     """Freeze an ai-toolkit output folder as ``golden/NAME/`` plus ``cases/NAME.yaml``; returns the case file.
 
     Previews, lossless frames, config and control images are copied (the training box deletes them);
     LoRAs are referenced by the absolute path of the output folder (they are large and kept there).
+    ``golden_stack`` (else the folder's own ``golden_stack.yaml``) is written into the case.
     """
     out = Path(output_dir).resolve()
     if not valid_name(name):
@@ -444,7 +463,7 @@ def import_output(output_dir: str | Path, name: str, cases_dir: str | Path = "ca
         raise
     case = Case(name=name, golden_dir=os.path.relpath(golden.resolve(), _mkdir(Path(cases_dir)).resolve()),
                 path=case_file, lora_dir=str(out), ctrl_images=ctrl_map, path_map=map_dict,
-                notes="\n".join([f"imported from {out}"] + notes))
+                golden_stack=golden_stack or stack_beside(out), notes="\n".join([f"imported from {out}"] + notes))
     return save_case(case, case_file)
 
 

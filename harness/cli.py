@@ -29,6 +29,9 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     parser.add_argument("--threads", type=int, help="CPU threads (CPU results depend on it; default 2 on CPU)")
     parser.add_argument("--profile", help="sampler profile: auto, aitk-euler, aitk-unipc, aitk-unipc-old, runcomfy, diffusers-stock")
+    parser.add_argument("--golden-stack", type=Path, metavar="FILE",
+                        help="the stack that rendered the goldens (a `wan-parity fingerprint` file or any subset of its "
+                             "keys); pins this CPU to it and decides whether exactness is expected")
     parser.add_argument("--ara", help="local copy of the accuracy recovery adapter a 'uint4|<ara>' job names")
     parser.add_argument("--offload", default="none", choices=("none", "experts", "sequential"),
                         help="memory mode, identical numerics: none (all on GPU), experts (active expert only; 80 GB "
@@ -63,6 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--golden-dir", type=Path, default=Path("golden"))
     imp.add_argument("--path-map", action="append", default=[], metavar="OLD=NEW")
     imp.add_argument("--force", action="store_true", help="overwrite an existing case")
+    imp.add_argument("--golden-stack", type=Path, metavar="FILE",
+                     help="the stack that rendered the previews (default: the folder's golden_stack.yaml, if any)")
+
+    fpr = sub.add_parser("fingerprint", help="print this machine's numerics-deciding stack (keep it beside the job)")
+    fpr.add_argument("--json", action="store_true", help="JSON instead of YAML")
+    fpr.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N: the device the renders use")
+    fpr.add_argument("--threads", type=int, help="CPU threads to record (default: torch's current count)")
 
     rep = sub.add_parser("report", help="write the HTML report from results JSON files (merges shards)")
     rep.add_argument("paths", nargs="+", type=Path, metavar="RESULTS", help="results.json files or --out folders")
@@ -110,7 +120,8 @@ def _options_and_targets(args, **extra):
     """Shared by run, diagnose, calibrate and selfcheck: validated options and the selected previews."""
     from .paths import PathMap
     from .runner import RunOptions
-    from .targets import collect, select
+    from .stack import load_stack
+    from .targets import collect, select, with_golden_stack
 
     options = RunOptions(base_model=args.base_model, vae=args.vae, path_map=PathMap(args.path_map), device=args.device,
                          out=args.out, threads=args.threads, profile=args.profile, offload=args.offload,
@@ -126,7 +137,15 @@ def _options_and_targets(args, **extra):
     if not targets:
         raise HarnessError(None, "TARGET", "no previews selected (check --steps/--samples and the samples/ folder)")
     _check_writable(args.out)
+    pin_for(with_golden_stack(targets, load_stack(args.golden_stack) if args.golden_stack else None))
     return options, targets
+
+
+def pin_for(targets) -> dict:
+    """Cap the CPU ISAs to the goldens' stack before torch starts (all targets of one process must agree)."""
+    from .stack import apply_pin, merge_pins, plan_pin
+
+    return apply_pin(merge_pins([plan_pin(t.golden_stack) for t in targets if t.golden_stack]))
 
 
 def cmd_run(args) -> int:
@@ -211,8 +230,11 @@ def cmd_import(args) -> int:
     from .case import import_output
     from .paths import PathMap
 
+    from .stack import load_stack
+
     path = import_output(args.output_dir, args.name, cases_dir=args.cases_dir, golden_dir=args.golden_dir,
-                         path_map=PathMap(args.path_map), force=args.force)
+                         path_map=PathMap(args.path_map), force=args.force,
+                         golden_stack=load_stack(args.golden_stack) if args.golden_stack else None)
     print(f"wrote {path}")
     return 0
 
@@ -260,6 +282,20 @@ def cmd_selfcheck(args) -> int:
     return selfcheck_main(args.targets[0], options, args.preview)
 
 
+def cmd_fingerprint(args) -> int:
+    import torch
+
+    from .runner import resolve_device
+    from .stack import dump_stack, fingerprint
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise HarnessError(None, "--threads", "must be at least 1")
+        torch.set_num_threads(args.threads)
+    sys.stdout.write(dump_stack(fingerprint(resolve_device(args.device)), as_json=args.json))
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -267,7 +303,7 @@ def cmd_demo(args) -> int:
 
 
 COMMANDS = {"run": cmd_run, "import": cmd_import, "report": cmd_report, "calibrate": cmd_calibrate, "diagnose": cmd_diagnose,
-            "selfcheck": cmd_selfcheck, "demo": cmd_demo}
+            "selfcheck": cmd_selfcheck, "fingerprint": cmd_fingerprint, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -622,7 +622,7 @@ def _passes(row: Row, thresholds) -> bool:
         return False
     if row.bit_exact:
         return True
-    if thresholds.require_bit_exact:
+    if thresholds.require_bit_exact is True:
         return False
     return row.psnr_min >= thresholds.psnr_min and row.ssim_min >= thresholds.ssim_min
 

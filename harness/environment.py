@@ -1,4 +1,5 @@
-"""The environment fingerprint recorded with every result: bit-exactness only holds on an identical stack."""
+"""The environment recorded with every results document: the numerics-deciding stack (``harness.stack``) plus
+the facts a reader needs to reproduce or explain a run (harness, Python, codec, driver, TF32 switches)."""
 
 from __future__ import annotations
 
@@ -9,37 +10,26 @@ from . import __version__
 
 
 def fingerprint(device: str) -> dict:
-    import diffusers
     import numpy
     import torch
-    import transformers
 
     from .media import codec_info
+    from .stack import fingerprint as stack_fingerprint, pinned_env
 
     env = {
         "harness": __version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "transformers": transformers.__version__,
         "numpy": numpy.__version__,
-        **{k: v for k, v in codec_info().items()},
+        **codec_info(),
+        **stack_fingerprint(device),
         "device": device,
-        "cpu_threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
+        "pinned": pinned_env() or None,
     }
     if device.startswith("cuda") and torch.cuda.is_available():
-        index = torch.device(device).index or 0
-        props = torch.cuda.get_device_properties(index)
         env.update({
-            "gpu": props.name,
-            "gpu_sm_count": props.multi_processor_count,
-            "cuda": torch.version.cuda,
-            "cudnn": torch.backends.cudnn.version(),
             "driver": _driver_version(),
-            "cublas": _cublas_version(),
             "allow_tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
             "allow_tf32_cudnn": torch.backends.cudnn.allow_tf32,
         })
@@ -55,17 +45,3 @@ def _driver_version() -> str | None:
         return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
     except (OSError, subprocess.SubprocessError):
         return None
-
-
-def _cublas_version() -> str | None:
-    try:
-        from importlib.metadata import version
-
-        for dist in ("nvidia-cublas", "nvidia-cublas-cu13", "nvidia-cublas-cu12"):
-            try:
-                return version(dist)
-            except Exception:
-                continue
-    except ImportError:
-        pass
-    return None

@@ -12,7 +12,7 @@ and reads unambiguously, whereas ``null`` would be confused with "not computed")
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 from skimage.metrics import structural_similarity
@@ -150,7 +150,15 @@ class Thresholds:
 
     psnr_min: float = 30.0
     ssim_min: float = 0.90
-    require_bit_exact: bool = False  # for stacks identical to the golden's: anything short of ∞ dB fails
+    # True: anything short of ∞ dB fails; False: thresholds only; "auto": True exactly when the stack that renders
+    # equals the golden's (harness.stack.compare_stacks), resolved per preview by ``resolved``.
+    require_bit_exact: bool | str = "auto"
+
+    def resolved(self, exact_expected: bool) -> "Thresholds":
+        """These thresholds with ``auto`` decided by whether this stack can reproduce the golden's bits."""
+        if self.require_bit_exact == "auto":
+            return replace(self, require_bit_exact=bool(exact_expected))
+        return self
 
 
 ENCODED_VIEW = Thresholds()
@@ -163,7 +171,7 @@ def verdict(comparison: Comparison, thresholds: Thresholds = ENCODED_VIEW) -> st
         return "fail"
     if comparison.bit_exact:
         return "pass"
-    if thresholds.require_bit_exact:
+    if thresholds.require_bit_exact is True:
         return "fail"
     ok = comparison.psnr_min >= thresholds.psnr_min and comparison.ssim_min >= thresholds.ssim_min
     return "pass" if ok else "fail"

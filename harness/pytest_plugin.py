@@ -28,6 +28,8 @@ _OPTIONS = (
     ("base-model", "local diffusers Wan 2.2 I2V folder for every case", None),
     ("threads", "CPU threads (CPU results depend on it; default 2 on CPU)", None),
     ("offload", "memory mode with identical numerics: none, experts, sequential", "none"),
+    ("golden-stack", "stack file (`wan-parity fingerprint`) the session pins the CPU to, and the golden stack of cases "
+                     "that state none (default: the collected case files' golden_stack)", None),
 )
 
 
@@ -41,6 +43,55 @@ def pytest_addoption(parser):
     parser.addini("parity_path_map", "path prefix rewrites OLD=NEW, one per line", type="linelist", default=[])
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config, parser, args):
+    """Pin the CPU ISAs before any conftest or test module imports torch (xdist workers inherit the environment)."""
+    from .stack import apply_pin
+
+    try:
+        pin = _session_pin(early_config)
+        early_config._parity_pinned = apply_pin(pin, "--parity-golden-stack")
+    except HarnessError as exc:
+        raise pytest.UsageError(exc.line()) from None
+
+
+def _session_pin(config):
+    """The explicit stack (option, then ini) or else the collected case files' stacks when they agree."""
+    from .stack import Pin, load_stack, merge_pins, plan_pin
+
+    explicit = config.known_args_namespace.parity_golden_stack
+    if explicit:
+        return plan_pin(load_stack(explicit))
+    ini = config.getini("parity_golden_stack")
+    if ini:
+        return plan_pin(load_stack(config.rootpath / ini))
+    try:
+        return merge_pins([plan_pin(stack) for stack in _case_stacks(config)])
+    except HarnessError as exc:  # goldens of several stacks: render native, each item says why it is not exact
+        import warnings
+
+        warnings.warn(f"wan-parity: no CPU pin for this session: {exc.message}")
+        return Pin()
+
+
+def _case_stacks(config):
+    """golden_stack of every case file the session will collect (cheap: YAML only, no torch)."""
+    from .case import is_case_file, load_case
+
+    roots = [config.known_args_namespace.parity_cases or ""] + list(config.known_args_namespace.file_or_dir or [])
+    roots = [r for r in roots if r] or list(config.getini("testpaths") or [])
+    for root in roots:
+        path = Path(str(root).split("::")[0])
+        for candidate in ([path] if path.is_file() else sorted(path.rglob("*.y*ml")) if path.is_dir() else []):
+            if is_case_file(candidate):
+                try:
+                    stack = load_case(candidate).golden_stack
+                except HarnessError:
+                    continue  # collection reports the broken case
+                if stack:
+                    yield stack
+
+
 def _setting(config, name: str):
     """Command line first, then ini, then the default."""
     key = f"parity_{name.replace('-', '_')}"
@@ -52,7 +103,9 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: a parity item or test that needs a CUDA device (`pytest -m gpu`)")
     config.addinivalue_line("markers", "xdist_group(name): keep items of one base model/LoRA on one xdist worker")
     cases = config.getoption("parity_cases") or config.getini("parity_cases")
-    if cases:
+    if cases and _no_explicit_paths(config):
+        config.args[:] = [str(cases)]  # only that file or folder, not the testpaths beside it
+    elif cases:
         config.args.append(str(cases))
     elif _no_explicit_paths(config) and (config.rootpath / "cases").is_dir():
         config.args.append(str(config.rootpath / "cases"))
@@ -92,6 +145,15 @@ class ParitySession:
 
         return PathMap(list(_setting(self.config, "path_map") or []))
 
+    def golden_stack(self):
+        """The session's stack file (option, else ini) for cases that state none; None when not given."""
+        from .stack import load_stack
+
+        explicit = self.config.getoption("parity_golden_stack")
+        ini = self.config.getini("parity_golden_stack")
+        path = explicit or (self.config.rootpath / ini if ini else None)
+        return load_stack(path) if path else None
+
     def engine(self):
         if self._engine is None:
             from .runner import Engine, RunOptions
@@ -124,6 +186,10 @@ class ParitySession:
     def skip_reason(self, target) -> str | None:
         """Items that must render on CUDA skip (with the reason) where none is visible; CPU items always run."""
         device = self.device()
+        golden_on_cuda = target.device == "cuda" or (target.golden_stack or {}).get("device") == "cuda"
+        if device == "cpu" and golden_on_cuda:
+            return ("the golden was rendered on CUDA: a CPU render cannot reproduce it (--parity-device cpu); run on "
+                    "a GPU machine without --parity-device cpu")
         if device == "auto" and target.device != "auto":
             device = target.device
         if device == "cpu":
@@ -137,11 +203,11 @@ class ParitySession:
 
 class CaseFile(pytest.File):
     def collect(self):
-        from .targets import from_case
+        from .targets import from_case, with_golden_stack
 
         session = self.config._parity
         try:
-            targets = from_case(self.path, session.path_map())
+            targets = with_golden_stack(from_case(self.path, session.path_map()), session.golden_stack())
         except HarnessError as exc:
             yield BrokenCase.from_parent(self, name="case", error=exc)
             return
@@ -217,9 +283,19 @@ def _failure_line(result: dict, out: Path) -> str:
     if result["status"] == "error":
         return f"error: {result['message']}"
     raw = result.get("raw") or {}
-    return (f"{result['key']}: drift: encoded PSNR min {result.get('psnr_min')} dB (mean {result.get('psnr_mean')}), "
-            f"SSIM min {result.get('ssim_min')}; raw PSNR min {raw.get('psnr_min')} dB; "
-            f"profile {result.get('profile')}; report: {out / 'report.html'}")
+    if result.get("require_bit_exact") is True:
+        rule = "bit-exact required" + (" (the stacks match)" if result.get("exact_expected") else "")
+    else:
+        limits = result.get("thresholds") or {}
+        rule = f"below thresholds (PSNR {limits.get('psnr_min')} dB, SSIM {limits.get('ssim_min')})"
+        rule += f"; {result['stack_reason']}" if result.get("stack_reason") else ""
+    return (f"{result['key']}: drift, {rule}: encoded PSNR min {_db(result.get('psnr_min'))} dB (mean "
+            f"{_db(result.get('psnr_mean'))}), SSIM min {_db(result.get('ssim_min'), 4)}; raw PSNR min "
+            f"{_db(raw.get('psnr_min'))} dB; profile {result.get('profile')}; report: {out / 'report.html'}")
+
+
+def _db(value, digits: int = 2) -> str:
+    return "n/a" if value is None else "inf" if value == "inf" else f"{float(value):.{digits}f}"
 
 
 def pytest_sessionstart(session):
@@ -275,5 +351,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         return
     results = document["results"]
     bit_exact = sum(1 for r in results if r.get("bit_exact"))
-    terminalreporter.write_line(f"wan-parity: {len(results)} previews rendered, {bit_exact} bit-exact; "
+    from .stack import pinned_env
+
+    pinned = pinned_env()
+    pin = ", ".join(f"{k}={v}" for k, v in pinned.items()) if pinned else "nothing pinned"
+    terminalreporter.write_line(f"wan-parity: {len(results)} previews rendered, {bit_exact} bit-exact ({pin}); "
                                 f"results and report in {parity.out}")

@@ -37,6 +37,7 @@ class PreviewTarget:
     device: str = "auto"  # the case's device preference
     rng_layout: str = "cuda"  # the device type ai-toolkit rendered on (job config `device`): decides the RNG layout
     known_gaps: list[str] = field(default_factory=list)  # job-level reasons exactness is impossible
+    golden_stack: dict | None = None  # the stack that rendered the golden (harness.stack); None = unknown
 
     @property
     def key(self) -> str:
@@ -154,11 +155,28 @@ class Engine:
         self.prompts = PromptCache()
         self.loras: dict[str, dict] = {}
         self.progress = progress
+        self._stacks: dict[str, dict] = {}
 
     def environment(self) -> dict:
         from .environment import fingerprint
 
         return fingerprint(self.device)
+
+    def stack_here(self, device: str) -> dict:
+        """This process's stack for ``device`` (threads as set now: the case's count applies per render)."""
+        import torch
+
+        from .stack import fingerprint
+
+        if device not in self._stacks:
+            self._stacks[device] = fingerprint(device)
+        return {**self._stacks[device], "threads": torch.get_num_threads()}
+
+    def stack_match(self, target: PreviewTarget):
+        """Whether this stack can reproduce the golden's bits (``require_bit_exact: auto`` follows it)."""
+        from .stack import compare_stacks
+
+        return compare_stacks(target.golden_stack, self.stack_here(self.device_for(target)))
 
     def device_for(self, target: PreviewTarget) -> str:
         """An explicit --device wins; else the case's preference (CPU goldens need CPU renders); else auto."""
@@ -272,6 +290,22 @@ def _comparison_fields(golden_frames, render_frames, raw_golden, fps, ext, thres
     return fields
 
 
+def effective_thresholds(thresholds, match):
+    """The preview's thresholds (defaults for the encoded view) with ``require_bit_exact: auto`` decided."""
+    from .metrics import ENCODED_VIEW
+
+    return (thresholds or ENCODED_VIEW).resolved(match.exact_expected)
+
+
+def _stack_fields(target: PreviewTarget, match) -> dict:
+    """What the result says about stacks: the golden's, what was pinned, and why exactness is (not) expected."""
+    from .stack import pinned_env
+
+    return {"golden_stack": target.golden_stack, "pinned": pinned_env() or None,
+            "exact_expected": match.exact_expected, "stack_diff": match.diff or None,
+            "stack_unknown": list(match.unknown) or None, "stack_reason": match.reason()}
+
+
 def base_result(target: PreviewTarget) -> dict:
     p, s = target.preview, target.preview.sample
     return {
@@ -318,12 +352,15 @@ def run_one(engine: Engine, target: PreviewTarget) -> dict:
         result.update(status="error", message=error.line())
         return result
     ext = Path(target.preview.golden).suffix.lstrip(".").lower() or "webp"
+    match = engine.stack_match(target)
+    thresholds = effective_thresholds(target.thresholds, match)
+    result.update(_stack_fields(target, match), require_bit_exact=thresholds.require_bit_exact)
     result.update(_comparison_fields(golden.frames, render.frames, raw_golden, target.preview.sample.fps, ext,
-                                     target.thresholds))
+                                     thresholds))
     for alternative in _alternatives(engine, target, result):
         other, _, _ = engine.render(target, profile=alternative)
         fields = _comparison_fields(golden.frames, other.frames, raw_golden, target.preview.sample.fps, ext,
-                                    target.thresholds)
+                                    thresholds)
         notes.append(f"ai-toolkit {aitk_version(target)} spans a sampler change; {alternative.name} gave encoded PSNR "
                      f"min {_fmt(fields['psnr_min'])} dB vs {_fmt(result['psnr_min'])} dB for {profile.name}")
         if _better(fields, result):
@@ -338,6 +375,8 @@ def run_one(engine: Engine, target: PreviewTarget) -> dict:
                   trace=[list(t) for t in render.trace], seconds=round(time.perf_counter() - started, 3))
     if result["message"] is None:
         result["message"] = _describe(result)
+    if not result["bit_exact"] and match.reason():
+        result["message"] += f"; {match.reason()}"
     if engine.options.out is not None:
         stem = Path(target.preview.golden).stem
         folder = Path(engine.options.out) / "renders" / _safe(target.preview.case)

@@ -10,6 +10,7 @@ from pathlib import Path
 from .errors import HarnessError
 from .paths import PathMap
 from .runner import PreviewTarget
+from .stack import stack_beside
 
 
 def from_output_dir(output_dir: Path, path_map: PathMap | None = None) -> list[PreviewTarget]:
@@ -19,10 +20,12 @@ def from_output_dir(output_dir: Path, path_map: PathMap | None = None) -> list[P
 
     config = Path(output_dir) / "config.yaml"
     job = load_job(config)
+    golden_stack = stack_beside(output_dir)
     return [
         PreviewTarget(preview=p, model_name=str(job.model.get("name_or_path", "")), config_file=config,
                       search_dirs=[Path(output_dir)], path_map=path_map or PathMap(), model_block=job.model,
-                      rng_layout=job.render_device, known_gaps=_gaps(job))
+                      rng_layout=job.render_device, known_gaps=_gaps(job), golden_stack=golden_stack,
+                      threads=(golden_stack or {}).get("threads"))
         for p in discover(output_dir, job)
     ]
 
@@ -47,7 +50,9 @@ def from_case(case_file: Path, path_map: PathMap | None = None) -> list[PreviewT
     return [
         PreviewTarget(preview=p, model_name=model_name, config_file=Path(case_file), search_dirs=[case.golden_path()],
                       profile=case.profile, thresholds=thresholds, path_map=combined, model_block=job.model,
-                      threads=case.threads, vae=case.vae_path(), device=case.device, rng_layout=job.render_device, known_gaps=_gaps(job))
+                      threads=case.threads or (case.golden_stack or {}).get("threads"), vae=case.vae_path(),
+                      device=case.device, rng_layout=job.render_device, known_gaps=_gaps(job),
+                      golden_stack=case.golden_stack)
         for p in case.preview_jobs(path_map)
     ]
 
@@ -81,6 +86,17 @@ def collect(target: str | Path, path_map: PathMap | None = None, cache_dir: Path
         raise HarnessError(path, None, "no case files here (YAML with schema: wan-parity/case@1); for an ai-toolkit "
                                        "output folder give the folder holding config.yaml and samples/")
     return [t for case_file in case_files for t in from_case(case_file, path_map)]
+
+
+def with_golden_stack(targets: list[PreviewTarget], stack: dict | None) -> list[PreviewTarget]:
+    """``--golden-stack``: the goldens' stack where they carry none (a case's or a folder's own record wins)."""
+    if stack is None:
+        return targets
+    for target in targets:
+        if target.golden_stack is None:
+            target.golden_stack = stack
+            target.threads = target.threads or stack.get("threads")
+    return targets
 
 
 def select(targets: list[PreviewTarget], steps: set[int] | None, samples: set[int] | None) -> list[PreviewTarget]:

@@ -247,7 +247,7 @@ def shard_rows(document: dict) -> list[dict]:
         summary = shard.get("summary") or {}
         rows.append({"results": fmt_value(shard.get("results")),
                      "summary": ", ".join(f"{k} {v}" for k, v in summary.items()),
-                     "device": " ".join(str(env[k]) for k in ("device", "gpu") if env.get(k)) or NO_VALUE})
+                     "device": " ".join(str(env[k]) for k in ("device", "gpu_name", "gpu") if env.get(k)) or NO_VALUE})
     return rows
 
 
