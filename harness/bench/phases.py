@@ -106,6 +106,12 @@ def ratio_to_bound(seconds: float, bound: dict) -> float:
     return round(seconds / bound["step_bound_s"], 3)
 
 
+def _round_s(seconds: float) -> float:
+    """Seconds to 4 decimals, or 3 significant digits below that: the tiny model's bound is microseconds and must
+    not read as 0."""
+    return round(seconds, 4) or float(f"{seconds:.3g}")
+
+
 def _render(bench: BenchState, bundle, size, mode: str, offload: str, prompts, steps: int) -> dict:
     """The timed render, marked ``in_progress`` in the JSON while it runs; its bytes kept for the comparisons."""
     label = size_label(size)
@@ -129,7 +135,7 @@ def _step_rows(bench: BenchState, result: dict, by_expert: dict, size, mode: str
         bench.report.row(
             f"step {expert} (cond+uncond)", times["median_s"], mode, offload, label,
             peak=max_peak(step_peaks), first_step_s=round(times["first_s"], 4), timed_steps=times["timed"],
-            flop_bound_s=round(bound["step_bound_s"], 4),
+            flop_bound_s=_round_s(bound["step_bound_s"]),
             ratio_to_bound=ratio_to_bound(times["median_s"], bound),
             ratio_to_attainable=(round(times["median_s"] / bound["step_attainable_s"], 3)
                                  if "step_attainable_s" in bound else None),
