@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .stack import STACK_FILE
+
 DEMO_CASE = Path(__file__).parent / "demo_case"
 DEMO_ROOT = "/workspace/demo"
 CHECKPOINT_STEPS = (250, None)  # a numbered checkpoint and the final, un-numbered one
@@ -45,6 +47,7 @@ def prepare(workdir: Path) -> Path:
     output = workdir / "output" / "demo"
     output.mkdir(parents=True, exist_ok=True)
     shutil.copy2(DEMO_CASE / "config.yaml", output / "config.yaml")
+    shutil.copy2(DEMO_CASE / STACK_FILE, output / STACK_FILE)
     for seed, step in enumerate(CHECKPOINT_STEPS, start=1):
         make_demo_lora_pair(model, output, "demo", seed=seed * 10, step=step)
     samples = output / "samples"
@@ -81,8 +84,11 @@ def regenerate_goldens(workdir: Path) -> None:
 def run_demo(out: Path, extra_args: list[str] | None = None) -> int:
     from .cli import main
 
+    from .stack import apply_pin, plan_pin, stack_beside
+
     out = Path(out)
     workdir = out / "workspace"
+    apply_pin(plan_pin(stack_beside(DEMO_CASE)))  # before building the model starts torch
     output = prepare(workdir)
     print(f"demo: tiny model and LoRAs built offline in {workdir}")
     return main(["run", str(output), "--path-map", f"{DEMO_ROOT}={workdir}", "--device", "cpu", "--threads", "2",

@@ -349,7 +349,7 @@ RULES = (
     Rule("aten_cpu_capability", ("cpu",), True, _same, "ATen's vector kernels depend on the ISA"),
     Rule("onednn_max_isa", ("cpu",), True, _same, "oneDNN's bf16 GEMMs/convolutions depend on the ISA"),
     Rule("mkl_max_isa", ("cpu",), False, _same, "MKL's fp32 GEMMs depend on the ISA"),
-    Rule("cpu_vendor", ("cpu",), False, _same, "MKL picks fp32 GEMM kernels by CPU vendor"),
+    Rule("cpu_vendor", ("cpu",), True, _same, "MKL and oneDNN pick GEMM kernels and blocking by CPU vendor (measured)"),
     Rule("diffusers", ("cpu", "cuda"), False, _same, "pipeline and model code"),
     Rule("transformers", ("cpu", "cuda"), False, _same, "UMT5 encoder numerics"),
     Rule("gpu_name", ("cuda",), True, _same_gpu, "GEMM/attention kernels and the CUDA RNG layout follow the chip"),

@@ -1,7 +1,9 @@
 """Bit-exact parity with real ai-toolkit previews (shared/oracle, rendered by ai-toolkit on CPU, 2 threads).
 
-Each preview must render to exactly the frames ai-toolkit passed to its WebP encoder (samples_raw/*.npy), and our
-re-encoding must give the golden WebP's bytes. No tolerance: PSNR = inf or the test fails.
+Where this stack matches the oracle's (tests/stacks/cpu-oracle.yaml; the session pins the ISAs to it), each preview
+must render to exactly the frames ai-toolkit passed to its WebP encoder (samples_raw/*.npy), and our re-encoding must
+give the golden WebP's bytes. No tolerance: PSNR = inf or the test fails. Where the stack cannot match (another CPU
+vendor or torch), the exactness test skips with the stack difference and the threshold test judges the render.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from harness.paths import PathMap
 from harness.runner import Engine, RunOptions
 from harness.targets import from_output_dir
 
-from .oracle_paths import ORACLE, PATH_MAP, TINY_MODEL, needs_oracle, output_dir
+from .oracle_paths import ORACLE, PATH_MAP, TINY_MODEL, needs_oracle, oracle_stack, output_dir, skip_unless_exact_expected
 
 pytestmark = [needs_oracle, pytest.mark.oracle]
 CASES = ("case_a", "case_d")
@@ -55,6 +57,7 @@ def _manifest_entry(target):
 
 @pytest.mark.parametrize("target", TARGETS, ids=[t.key for t in TARGETS])
 def test_preview_is_bit_exact(engine, target):
+    skip_unless_exact_expected(engine, "cpu", "cpu")
     render = _render(engine, target)
     raw = np.load(target.preview.golden_raw)
     assert render.frames.shape == raw.shape
@@ -64,6 +67,21 @@ def test_preview_is_bit_exact(engine, target):
     assert encoded == Path(target.preview.golden).read_bytes(), "re-encoded WebP differs from the golden file"
     decoded_golden = read_frames(target.preview.golden).frames
     assert np.array_equal(decoded_golden, reencode_roundtrip(render.frames, fps=target.preview.sample.fps))
+
+
+@pytest.mark.parametrize("target", TARGETS, ids=[t.key for t in TARGETS])
+def test_preview_passes_its_verdict(engine, target):
+    """On every stack: exact where the stacks match, within the encoded-view thresholds where they do not."""
+    from harness.metrics import ENCODED_VIEW, compare_clips, verdict
+    from harness.stack import compare_stacks
+
+    match = compare_stacks(oracle_stack("cpu"), engine.stack_here("cpu"))
+    render = _render(engine, target)
+    golden = read_frames(target.preview.golden).frames
+    encoded = compare_clips(golden, reencode_roundtrip(render.frames, fps=target.preview.sample.fps))
+    thresholds = ENCODED_VIEW.resolved(match.exact_expected)
+    assert verdict(encoded, thresholds) == "pass", (
+        f"encoded PSNR min {encoded.psnr_min:.2f} dB, SSIM min {encoded.ssim_min:.4f}; {match.reason() or 'stacks match'}")
 
 
 @pytest.mark.parametrize("target", TARGETS, ids=[t.key for t in TARGETS])
