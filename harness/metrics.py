@@ -165,13 +165,21 @@ ENCODED_VIEW = Thresholds()
 RAW_VIEW = Thresholds(psnr_min=40.0, ssim_min=0.98)
 
 
+def passes(result, thresholds: Thresholds = ENCODED_VIEW) -> bool:
+    """The pass rule on the worst frame, for a :class:`Comparison` or any row with its four fields.
+
+    One rule for :func:`verdict` and the diagnosis, so "within thresholds" means the same in both. Only
+    ``require_bit_exact is True`` demands exactness; an unresolved ``"auto"`` judges by the thresholds.
+    """
+    if result.mismatch:
+        return False
+    if result.bit_exact:
+        return True
+    if thresholds.require_bit_exact is True:
+        return False
+    return result.psnr_min >= thresholds.psnr_min and result.ssim_min >= thresholds.ssim_min
+
+
 def verdict(comparison: Comparison, thresholds: Thresholds = ENCODED_VIEW) -> str:
     """"pass" or "fail" against the worst frame, so one broken frame is never averaged away."""
-    if comparison.mismatch:
-        return "fail"
-    if comparison.bit_exact:
-        return "pass"
-    if thresholds.require_bit_exact is True:
-        return "fail"
-    ok = comparison.psnr_min >= thresholds.psnr_min and comparison.ssim_min >= thresholds.ssim_min
-    return "pass" if ok else "fail"
+    return "pass" if passes(comparison, thresholds) else "fail"

@@ -1,0 +1,122 @@
+"""Rendering the baseline and the variants of one preview, comparing each with the golden, ranking the rows.
+
+A variant whose effective settings (:func:`effective_key`) were already rendered shares those frames (``same_as``)
+instead of rendering again; the opt-in ``cache`` also shares frames across goldens of the same preview.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import replace
+
+import numpy as np
+
+from ..runner import Engine, PreviewTarget, profile_settings
+from .context import Context, effective_key, load_context, render_identity, render_knobs
+from .explain import explain
+from .knobs import BASELINE, Knobs, Variant, changes
+from .results import Diagnosis, Row
+from .variants import variants_for
+
+
+def diagnose_target(engine: Engine, target: PreviewTarget, families=None, force: bool = False,
+                    on_variant=None, cache: dict | None = None) -> Diagnosis:
+    """Render the baseline and (unless it is already exact) every single-knob variant; rank and explain.
+
+    ``on_variant(name, done, total)`` is called after each variant. HarnessError propagates (bad input).
+    ``cache`` (opt-in, a dict the caller keeps) holds variant frames keyed by the preview's render inputs, so
+    diagnosing the same preview against another golden re-renders nothing; it holds whole clips in memory.
+    """
+    from ..metrics import ENCODED_VIEW
+
+    started = time.perf_counter()
+    ctx = load_context(engine, target)
+    variants = variants_for(target, ctx.base, families)
+    renders = _Renders(engine, ctx, cache)
+    baseline = renders.row(BASELINE, ctx.base)
+    swept = not baseline.mismatch and (force or not baseline.bit_exact)
+    total = len(variants) + 1 if swept else 1
+    if on_variant is not None:
+        on_variant(BASELINE.name, 1, total)
+    rows = [baseline] + (_sweep(renders, variants, on_variant, total) if swept else [])
+    diagnosis = Diagnosis(key=target.key, status="unexplained", found=False, explanation="", target=target,
+                          ranked=rank(rows), profile=ctx.base.profile.name,
+                          profile_settings=profile_settings(ctx.base.profile), profile_why=ctx.profile_why, swept=swept)
+    explain(diagnosis, baseline, target.thresholds or ENCODED_VIEW)
+    diagnosis.seconds = time.perf_counter() - started
+    return diagnosis
+
+
+def _sweep(renders: "_Renders", variants: list[Variant], on_variant, total: int) -> list[Row]:
+    """Every variant's row, in variant order.
+
+    Variants needing the other model bundle (fp32-kept vs whole-bf16) render last, together: the second bundle is
+    loaded once and the first is not needed again while it is in use.
+    """
+    base = renders.ctx.base
+    knobs = [variant.apply(base) for variant in variants]
+    order = sorted(range(len(variants)), key=lambda i: knobs[i].sampler.cast_whole_bf16 != base.sampler.cast_whole_bf16)
+    done = {}
+    for n, i in enumerate(order, start=2):
+        done[i] = renders.row(variants[i], knobs[i])
+        if on_variant is not None:
+            on_variant(variants[i].name, n, total)
+    return [done[i] for i in range(len(variants))]
+
+
+def rank(rows: list[Row]) -> list[Row]:
+    """The rows best first (``Row.sort_key``; ties keep the given order), numbered from 1."""
+    ranked = [row for _, row in sorted(enumerate(rows), key=lambda pair: pair[1].sort_key(pair[0]))]
+    for n, row in enumerate(ranked, start=1):
+        row.rank = n
+    return ranked
+
+
+class _Renders:
+    """One preview's rows by effective key: a variant that cannot render differently reuses the owner's row."""
+
+    def __init__(self, engine: Engine, ctx: Context, cache: dict | None):
+        self.engine, self.ctx, self.cache = engine, ctx, cache
+        self.rows: dict[tuple, tuple[str, Row]] = {}
+
+    def row(self, variant: Variant, knobs: Knobs) -> Row:
+        key = effective_key(self.ctx, knobs)
+        knob_changes = changes(self.ctx.base, knobs)
+        if key in self.rows:
+            owner, row = self.rows[key]
+            return replace(row, variant=variant.name, family=variant.family, description=variant.description,
+                           changes=knob_changes, seconds=0.0, same_as=owner, meaning=variant.meaning)
+        frames, render_seconds, t0 = self._frames(key, knobs)
+        row = compare(self.ctx, frames, variant, knob_changes, 0.0)
+        row.seconds = render_seconds + time.perf_counter() - t0
+        self.rows[key] = (variant.name, row)
+        return row
+
+    def _frames(self, key: tuple, knobs: Knobs) -> tuple[np.ndarray, float, float]:
+        """(frames, render seconds, when comparing starts); from the cross-golden cache when the caller keeps one."""
+        t0 = time.perf_counter()
+        cache_key = (render_identity(self.engine, self.ctx), key)
+        hit = self.cache.get(cache_key) if self.cache is not None else None
+        if hit is None:
+            frames = render_knobs(self.engine, self.ctx.target, knobs, self.ctx)
+            hit = (frames, time.perf_counter() - t0)
+            if self.cache is not None:
+                self.cache[cache_key] = hit
+            t0 = time.perf_counter()
+        return hit[0], hit[1], t0
+
+
+def compare(ctx: Context, frames: np.ndarray, variant: Variant, knob_changes: dict, seconds: float) -> Row:
+    """The variant's row: encoded view against the golden (as ``run`` compares), raw exactness, a frame digest."""
+    from ..media import reencode_roundtrip
+    from ..metrics import compare_clips
+
+    encoded = compare_clips(ctx.golden, reencode_roundtrip(frames, fps=ctx.target.preview.sample.fps, ext=ctx.ext))
+    raw_exact = None
+    if ctx.raw_golden is not None:
+        raw_exact = bool(compare_clips(ctx.raw_golden, frames).bit_exact)
+    digest = hashlib.sha1(np.ascontiguousarray(frames).tobytes() + str(frames.shape).encode()).hexdigest()
+    return Row(variant.name, variant.family, variant.description, knob_changes, bool(encoded.bit_exact),
+               encoded.psnr_min, encoded.psnr_mean, encoded.ssim_min, encoded.ssim_mean, encoded.max_abs_diff,
+               encoded.mismatch, seconds, raw_exact, meaning=variant.meaning, digest=digest)
