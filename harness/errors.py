@@ -22,3 +22,12 @@ class HarnessError(Exception):
 
 class Unreproducible(HarnessError):
     """The preview exists but ai-toolkit's own inputs cannot be reconstructed (not a parity failure)."""
+
+
+class NonFiniteError(HarnessError):
+    """A render produced NaN/Inf; ``expert`` ("high" or "low") says whose output it first appeared in, so the
+    result can name that expert's LoRA file instead of parsing the message."""
+
+    def __init__(self, file: object, field: str | None, message: str, expert: str | None = None):
+        super().__init__(file, field, message)
+        self.expert = expert

@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import HarnessError
+from .errors import HarnessError, NonFiniteError
 from .fsutil import write_json_atomic
 from .paths import PathMap, resolve_ctrl_img, resolve_model, resolve_vae
 from .spec import PreviewJob
@@ -141,6 +142,32 @@ def approximations(target: PreviewTarget, profile, device: str, quantization=Non
     return notes
 
 
+class LoraCache:
+    """The parsed layers of the last few LoRA files, least recently used evicted first.
+
+    Keyed by path and modification time, so a checkpoint rewritten during a run is read again. A preview uses two
+    files (high and low noise) and runs are ordered by LoRA, so four entries keep a job's files read once each.
+    """
+
+    def __init__(self, size: int = 4, reader=None):
+        self.size = size
+        self.reader = reader
+        self._entries: "OrderedDict[tuple[str, int], dict]" = OrderedDict()
+
+    def get(self, path: Path) -> dict:
+        key = (str(path), path.stat().st_mtime_ns)
+        if key in self._entries:
+            self._entries.move_to_end(key)
+            return self._entries[key]
+        reader = self.reader
+        if reader is None:
+            from .render.lora import read_lora_file as reader
+        self._entries[key] = reader(path)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+        return self._entries[key]
+
+
 class Engine:
     """Holds loaded models, parsed LoRAs and prompt embeddings for the whole run."""
 
@@ -153,7 +180,7 @@ class Engine:
         self.threads = set_threads(options.threads, "cpu" if options.device in ("cpu", "auto") else self.device)
         self.models = MODEL_CACHE
         self.prompts = PromptCache()
-        self.loras: dict[str, dict] = {}
+        self.loras = LoraCache()
         self.progress = progress
         self._stacks: dict[str, dict] = {}
 
@@ -188,12 +215,7 @@ class Engine:
             raise HarnessError(target.config_file, "device", exc.message) from None
 
     def _lora_layers(self, path: Path) -> dict:
-        from .render.lora import read_lora_file
-
-        key = str(path)
-        if key not in self.loras:
-            self.loras = {key: read_lora_file(path)} | {k: v for k, v in list(self.loras.items())[-3:]}
-        return self.loras[key]
+        return self.loras.get(Path(path))
 
     def _bundle(self, target: PreviewTarget, profile, quantization="job"):
         """The loaded models for a target; ``quantization`` is the job's plan ("job"), a plan, or None (bf16)."""
@@ -407,10 +429,9 @@ def _better(candidate: dict, current: dict) -> bool:
 
 def _error_line(exc: HarnessError, target: PreviewTarget) -> str:
     """The one-line message of an error result; a NaN/Inf render names the LoRA file of the expert it came from."""
-    if type(exc).__name__ == "NonFiniteError":
+    if isinstance(exc, NonFiniteError):
         lora = target.preview.lora
-        expert = "high" if "high-noise" in exc.message else "low" if "low-noise" in exc.message else None
-        path = getattr(lora, expert) if lora is not None and expert else None
+        path = getattr(lora, exc.expert) if lora is not None and exc.expert in ("high", "low") else None
         return HarnessError(path or target.config_file, f"{target.key}: {exc.field}", exc.message).line()
     return exc.line()
 

@@ -395,6 +395,8 @@ def compare_stacks(golden: dict | None, here: dict) -> StackMatch:
             if rule.required:
                 unknown.append(rule.key)
             continue
+        if h is None and not rule.required:
+            continue
         if h is None or not rule.same(g, h):
             diff[rule.key] = [g, h]
     return StackMatch(not diff and not unknown, diff, tuple(unknown))

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from diffusers.video_processor import VideoProcessor
 
-from ..errors import HarnessError
+from ..errors import HarnessError, NonFiniteError
 from ..spec import SampleSpec
 from .conditioning import encode_condition, image_to_tensor, latent_stats
 from .models import BF16, ModelBundle
@@ -24,14 +24,10 @@ class Render:
     trace: list[tuple[str, float]] = field(default_factory=list)  # (expert, t) per transformer forward
 
 
-class NonFiniteError(HarnessError):
-    pass
-
-
 def _check_finite(tensor: torch.Tensor, step: int, expert: str, t: float) -> None:
     if not torch.isfinite(tensor).all():
         raise NonFiniteError("render", f"step {step}", f"NaN/Inf first appeared in the {expert}-noise expert's output "
-                             f"at t={t:.4f}; check the LoRA weights and multiplier")
+                             f"at t={t:.4f}; check the LoRA weights and multiplier", expert=expert)
 
 
 @torch.no_grad()
