@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from diffusers.video_processor import VideoProcessor
 
-from ..errors import HarnessError, NonFiniteError
+from ..errors import NonFiniteError
 from ..spec import SampleSpec
 from .conditioning import encode_condition, image_to_tensor, latent_stats
 from .models import BF16, ModelBundle
