@@ -393,3 +393,13 @@ def test_diff_thumbnails_keep_single_pixel_differences():
     assert thumb.shape[0] == 160 and (thumb != plots.lut()[0]).any(axis=-1).sum() >= 1
     full = plots.diff_heatmap(g[0], r[0])
     assert (full[100, 200] == plots.lut()[255]).all() and (full[0, 0] == plots.lut()[0]).all()
+
+
+def test_stack_difference_is_shown_and_escaped(document, tmp_path):
+    result = next(r for r in document["results"] if r["status"] in ("pass", "fail"))
+    result.update(stack_reason="exactness not expected: stack differs (cpu_vendor AuthenticAMD here <b>Intel</b>)",
+                  stack_diff={"cpu_vendor": ["AuthenticAMD", "<b>Intel</b>"]}, stack_unknown=["threads"])
+    html = (write_report(document, tmp_path / "out")).read_text()
+    assert "<h3>Stack</h3>" in html and "exactness not expected" in html
+    assert "<td>cpu_vendor</td><td>AuthenticAMD</td><td>&lt;b&gt;Intel&lt;/b&gt;</td>" in html
+    assert "<td>threads</td><td>unknown</td>" in html and "<b>Intel</b>" not in html

@@ -38,6 +38,8 @@ class Section:
     knobs: list = field(default_factory=list)
     approximate: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    stack_reason: str = ""  # why exactness is (not) expected on this stack
+    stack_diff: list[tuple[str, str, str]] = field(default_factory=list)  # (field, golden, here)
     profile_line: str = ""
     regression: dict | None = None
     diagnoses: list = field(default_factory=list)  # diagnosis.DiagnosisView for this key (usually zero or one)
@@ -124,6 +126,9 @@ def build_section(index: int, r: dict, environment: dict, assets: Assets, search
     sec.regression = _regression_cell(r.get("regression"))
     sec.approximate = [str(a) for a in (r.get("approximate") or [])]
     sec.notes = [str(n) for n in (r.get("notes") or [])]
+    sec.stack_reason = str(r.get("stack_reason") or "")
+    sec.stack_diff = [(str(k), str(v[0]), str(v[1])) for k, v in (r.get("stack_diff") or {}).items()]
+    sec.stack_diff += [(str(k), "unknown", "") for k in (r.get("stack_unknown") or []) if k != "*"]
     if status in ("error", "unreproducible"):
         return sec
     sec.profile_line = _profile_line(r)
