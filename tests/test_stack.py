@@ -187,3 +187,27 @@ def test_the_pin_takes_effect_end_to_end(tmp_path):
     assert not np.array_equal(pinned, unpinned), "the ISA pin changed no bit: it did not take effect"
     assert native_doc["results"][0]["exact_expected"] is False
     assert "unknown" in native_doc["results"][0]["stack_reason"]
+
+
+def _pytest(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args], cwd=ROOT,
+                          env=_clean_env(), capture_output=True, text=True, timeout=600)
+
+
+@needs_oracle
+def test_parity_cases_collects_only_that_file():
+    done = _pytest("--collect-only", "-q", "--parity-cases", "tests/oracle_cases/oracle_case_a.yaml")
+    items = [line for line in done.stdout.splitlines() if "::" in line]
+    assert done.returncode == 0, done.stdout[-2000:]
+    assert items and all(line.startswith("tests/oracle_cases/oracle_case_a.yaml::") for line in items), items[:5]
+
+
+@needs_oracle
+def test_parity_device_cpu_does_not_force_a_cuda_golden_onto_the_cpu(tmp_path):
+    if not (ROOT.parent / "shared" / "oracle-cuda").is_dir():
+        pytest.skip("CUDA oracle not found")
+    done = _pytest("-m", "gpu", "-rs", "--parity-device", "cpu", "--parity-out", str(tmp_path),
+                   "--parity-cases", "tests/oracle_cases/oracle_cuda_d.yaml")
+    assert done.returncode in (0, 5), done.stdout[-2000:]
+    assert "skipped" in done.stdout and "the golden was rendered on CUDA" in done.stdout
+    assert " passed" not in done.stdout and " failed" not in done.stdout
