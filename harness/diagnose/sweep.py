@@ -20,6 +20,20 @@ from .results import Diagnosis, Row
 from .variants import variants_for
 
 
+def _thresholds(engine, target):
+    """The preview's thresholds with ``require_bit_exact: auto`` decided by this stack, as ``run`` decides it."""
+    from ..runner import effective_thresholds
+
+    stack_match = getattr(engine, "stack_match", None)  # test doubles of the engine may not have one
+    return effective_thresholds(target.thresholds, stack_match(target) if stack_match else _unknown())
+
+
+def _unknown():
+    from ..stack import compare_stacks
+
+    return compare_stacks(None, {})
+
+
 def diagnose_target(engine: Engine, target: PreviewTarget, families=None, force: bool = False,
                     on_variant=None, cache: dict | None = None) -> Diagnosis:
     """Render the baseline and (unless it is already exact) every single-knob variant; rank and explain.
@@ -28,8 +42,6 @@ def diagnose_target(engine: Engine, target: PreviewTarget, families=None, force:
     ``cache`` (opt-in, a dict the caller keeps) holds variant frames keyed by the preview's render inputs, so
     diagnosing the same preview against another golden re-renders nothing; it holds whole clips in memory.
     """
-    from ..metrics import ENCODED_VIEW
-
     started = time.perf_counter()
     ctx = load_context(engine, target)
     variants = variants_for(target, ctx.base, families)
@@ -43,7 +55,7 @@ def diagnose_target(engine: Engine, target: PreviewTarget, families=None, force:
     diagnosis = Diagnosis(key=target.key, status="unexplained", found=False, explanation="", target=target,
                           ranked=rank(rows), profile=ctx.base.profile.name,
                           profile_settings=profile_settings(ctx.base.profile), profile_why=ctx.profile_why, swept=swept)
-    explain(diagnosis, baseline, target.thresholds or ENCODED_VIEW)
+    explain(diagnosis, baseline, _thresholds(engine, target))
     diagnosis.seconds = time.perf_counter() - started
     return diagnosis
 
