@@ -59,12 +59,9 @@ def _session_pin(config):
     """The explicit stack (option, then ini) or else the collected case files' stacks when they agree."""
     from .stack import Pin, load_stack, merge_pins, plan_pin
 
-    explicit = config.known_args_namespace.parity_golden_stack
-    if explicit:
-        return plan_pin(load_stack(explicit))
-    ini = config.getini("parity_golden_stack")
-    if ini:
-        return plan_pin(load_stack(config.rootpath / ini))
+    path = _stack_file(config, config.known_args_namespace.parity_golden_stack)
+    if path:
+        return plan_pin(load_stack(path))
     try:
         return merge_pins([plan_pin(stack) for stack in _case_stacks(config)])
     except HarnessError as exc:  # goldens of several stacks: render native, each item says why it is not exact
@@ -72,6 +69,12 @@ def _session_pin(config):
 
         warnings.warn(f"wan-parity: no CPU pin for this session: {exc.message}")
         return Pin()
+
+
+def _stack_file(config, explicit):
+    """``--parity-golden-stack`` (relative to the working directory), else the ini key (relative to the rootdir)."""
+    ini = config.getini("parity_golden_stack")
+    return explicit or (config.rootpath / ini if ini else None)
 
 
 def _case_stacks(config):
@@ -149,9 +152,7 @@ class ParitySession:
         """The session's stack file (option, else ini) for cases that state none; None when not given."""
         from .stack import load_stack
 
-        explicit = self.config.getoption("parity_golden_stack")
-        ini = self.config.getini("parity_golden_stack")
-        path = explicit or (self.config.rootpath / ini if ini else None)
+        path = _stack_file(self.config, self.config.getoption("parity_golden_stack"))
         return load_stack(path) if path else None
 
     def engine(self):
