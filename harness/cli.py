@@ -120,7 +120,6 @@ def _options_and_targets(args, **extra):
     """Shared by run, diagnose, calibrate and selfcheck: validated options and the selected previews."""
     from .paths import PathMap
     from .runner import RunOptions
-    from .stack import load_stack
     from .targets import collect, select, with_golden_stack
 
     options = RunOptions(base_model=args.base_model, vae=args.vae, path_map=PathMap(args.path_map), device=args.device,
@@ -137,8 +136,15 @@ def _options_and_targets(args, **extra):
     if not targets:
         raise HarnessError(None, "TARGET", "no previews selected (check --steps/--samples and the samples/ folder)")
     _check_writable(args.out)
-    pin_for(with_golden_stack(targets, load_stack(args.golden_stack) if args.golden_stack else None))
+    pin_for(with_golden_stack(targets, _golden_stack(args)))
     return options, targets
+
+
+def _golden_stack(args) -> dict | None:
+    """The ``--golden-stack`` file, read and checked, or None."""
+    from .stack import load_stack
+
+    return load_stack(args.golden_stack) if args.golden_stack else None
 
 
 def pin_for(targets) -> dict:
@@ -230,11 +236,9 @@ def cmd_import(args) -> int:
     from .case import import_output
     from .paths import PathMap
 
-    from .stack import load_stack
-
     path = import_output(args.output_dir, args.name, cases_dir=args.cases_dir, golden_dir=args.golden_dir,
                          path_map=PathMap(args.path_map), force=args.force,
-                         golden_stack=load_stack(args.golden_stack) if args.golden_stack else None)
+                         golden_stack=_golden_stack(args))
     print(f"wrote {path}")
     return 0
 

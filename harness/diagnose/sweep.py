@@ -24,14 +24,7 @@ def _thresholds(engine, target):
     """The preview's thresholds with ``require_bit_exact: auto`` decided by this stack, as ``run`` decides it."""
     from ..runner import effective_thresholds
 
-    stack_match = getattr(engine, "stack_match", None)  # test doubles of the engine may not have one
-    return effective_thresholds(target.thresholds, stack_match(target) if stack_match else _unknown())
-
-
-def _unknown():
-    from ..stack import compare_stacks
-
-    return compare_stacks(None, {})
+    return effective_thresholds(target.thresholds, engine.stack_match(target))
 
 
 def diagnose_target(engine: Engine, target: PreviewTarget, families=None, force: bool = False,
