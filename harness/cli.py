@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _options_and_targets(args, **extra):
     """Shared by run, diagnose, calibrate and selfcheck: validated options and the selected previews."""
     from .paths import PathMap
-    from .runner import RunOptions
+    from .options import RunOptions
     from .targets import collect, select, with_golden_stack
 
     options = RunOptions(base_model=args.base_model, vae=args.vae, path_map=PathMap(args.path_map), device=args.device,

@@ -63,7 +63,8 @@ def regenerate_goldens(workdir: Path) -> None:
     from .aitk.samples import expand_samples
     from .media import write_like_aitk
     from .paths import PathMap
-    from .runner import Engine, RunOptions
+    from .runner import Engine
+    from .options import RunOptions
     from .targets import from_output_dir
 
     control_images(DEMO_CASE / "ctrl")

@@ -4,9 +4,7 @@ Numbers are per frame first (a video can be perfect except for one frame) and ag
 after. A different frame count or size is *reported*, not raised: it is a finding (the
 snapping of ``num_frames``/size differs), and a nightly report must keep going.
 
-JSON convention: PSNR of identical frames is ``math.inf`` in Python and the string ``"inf"``
-in :meth:`Comparison.to_json` (strict JSON has no infinity; a string survives every parser
-and reads unambiguously, whereas ``null`` would be confused with "not computed").
+PSNR of identical frames is ``math.inf``; in JSON it follows :mod:`harness.numbers` (the string ``"inf"``).
 """
 
 from __future__ import annotations
@@ -16,6 +14,8 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 from skimage.metrics import structural_similarity
+
+from .numbers import from_json, from_json_list, to_json
 
 PEAK = 255.0
 
@@ -39,25 +39,18 @@ class Comparison:
     differing_pixels: int | None = None  # (frame, y, x) positions where any channel differs
 
     def to_json(self) -> dict:
-        """Plain dict for json.dump: tuples → lists, inf → "inf", NaN → None."""
-        return {k: _json_safe(v) for k, v in asdict(self).items()}
+        """Plain dict for strict JSON (tuples → lists, inf → "inf", NaN → None: :mod:`harness.numbers`)."""
+        return to_json(asdict(self))
 
-
-def _json_safe(v):
-    if isinstance(v, (list, tuple)):
-        return [_json_safe(x) for x in v]
-    if isinstance(v, (bool, np.bool_)):
-        return bool(v)
-    if isinstance(v, (int, np.integer)):
-        return int(v)
-    if isinstance(v, (float, np.floating)):
-        v = float(v)
-        if math.isnan(v):
-            return None
-        if math.isinf(v):
-            return "inf" if v > 0 else "-inf"
-        return v
-    return v
+    @classmethod
+    def from_json(cls, data: dict) -> "Comparison":
+        """The inverse of :meth:`to_json` (a results file read back)."""
+        floats = ("psnr_mean", "psnr_min", "ssim_mean", "ssim_min")
+        return cls(golden_shape=tuple(data.get("golden_shape") or ()), render_shape=tuple(data.get("render_shape") or ()),
+                   mismatch=data.get("mismatch"), psnr=from_json_list(data.get("psnr")),
+                   ssim=from_json_list(data.get("ssim")), **{k: from_json(data.get(k)) for k in floats},
+                   worst_frame=data.get("worst_frame"), bit_exact=data.get("bit_exact"),
+                   max_abs_diff=data.get("max_abs_diff"), differing_pixels=data.get("differing_pixels"))
 
 
 def _check(arr, name: str) -> np.ndarray:

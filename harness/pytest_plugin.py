@@ -157,7 +157,8 @@ class ParitySession:
 
     def engine(self):
         if self._engine is None:
-            from .runner import Engine, RunOptions
+            from .runner import Engine
+            from .options import RunOptions
 
             threads = _setting(self.config, "threads")
             options = RunOptions(base_model=_setting(self.config, "base_model"), path_map=self.path_map(),

@@ -16,49 +16,10 @@ from pathlib import Path
 from .errors import HarnessError, NonFiniteError
 from .fsutil import write_json_atomic
 from .paths import PathMap, resolve_ctrl_img, resolve_model, resolve_vae
-from .spec import PreviewJob
+from .options import RunOptions
+from .spec import PreviewTarget
 
 SCHEMA_VERSION = 1
-
-
-@dataclass
-class PreviewTarget:
-    """A preview plus what the renderer needs that the preview itself does not say."""
-
-    preview: PreviewJob
-    model_name: str  # the job's model.name_or_path
-    config_file: Path
-    search_dirs: list[Path] = field(default_factory=list)  # last-resort places to look for a ctrl_img by name
-    profile: str = "auto"
-    thresholds: object = None  # metrics.Thresholds; None = defaults
-    path_map: PathMap = field(default_factory=PathMap)  # CLI map combined with the case's
-    model_block: dict = field(default_factory=dict)
-    threads: int | None = None
-    vae: str | None = None  # the case's VAE override
-    device: str = "auto"  # the case's device preference
-    rng_layout: str = "cuda"  # the device type ai-toolkit rendered on (job config `device`): decides the RNG layout
-    known_gaps: list[str] = field(default_factory=list)  # job-level reasons exactness is impossible
-    golden_stack: dict | None = None  # the stack that rendered the golden (harness.stack); None = unknown
-
-    @property
-    def key(self) -> str:
-        return f"{self.preview.case}::{self.preview.step}::{self.preview.index}" + (
-            f"::{self.preview.extra.get('time')}" if self.preview.label_note else "")
-
-
-@dataclass
-class RunOptions:
-    base_model: str | None = None
-    vae: str | None = None
-    path_map: PathMap = field(default_factory=PathMap)
-    device: str = "auto"
-    out: Path | None = None
-    save_frames: bool = False
-    threads: int | None = None
-    profile: str | None = None  # overrides the case's profile
-    resume: bool = False
-    offload: str = "none"  # none | experts | sequential (identical numerics)
-    ara: str | None = None  # local copy of the accuracy recovery adapter a 'uint4|<ara>' job names (--ara PATH)
 
 
 def resolve_device(name: str) -> str:

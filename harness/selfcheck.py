@@ -80,7 +80,8 @@ def selfcheck_main(target_path, options=None, preview_index: int = 0, out=None) 
     out = out or sys.stdout
     from .paths import PathMap
     from .render.text import PromptCache
-    from .runner import Engine, RunOptions
+    from .runner import Engine
+    from .options import RunOptions
     from .targets import collect
 
     options = options or RunOptions()

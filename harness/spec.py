@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .paths import PathMap
+
 
 @dataclass(frozen=True)
 class SampleSpec:
@@ -56,3 +58,38 @@ class PreviewJob:
     unreproducible: str | None = None
     golden_raw: Path | None = None  # lossless frames, when the output folder has them
     extra: dict = field(default_factory=dict)
+
+    @property
+    def golden_ext(self) -> str:
+        """The golden's codec by file extension (``webp`` when unknown): the render is re-encoded the same way."""
+        return (Path(self.golden).suffix.lstrip(".").lower() if self.golden else "") or "webp"
+
+    @property
+    def multiplier(self):
+        """The LoRA multiplier ai-toolkit applied: per expert when the job set them, else the sample's."""
+        return self.extra.get("multipliers", self.sample.network_multiplier)
+
+
+@dataclass
+class PreviewTarget:
+    """A preview plus what the renderer needs that the preview itself does not say."""
+
+    preview: PreviewJob
+    model_name: str  # the job's model.name_or_path
+    config_file: Path
+    search_dirs: list[Path] = field(default_factory=list)  # last-resort places to look for a ctrl_img by name
+    profile: str = "auto"
+    thresholds: object = None  # metrics.Thresholds; None = defaults
+    path_map: PathMap = field(default_factory=PathMap)  # CLI map combined with the case's
+    model_block: dict = field(default_factory=dict)
+    threads: int | None = None
+    vae: str | None = None  # the case's VAE override
+    device: str = "auto"  # the case's device preference
+    rng_layout: str = "cuda"  # the device type ai-toolkit rendered on (job config `device`): decides the RNG layout
+    known_gaps: list[str] = field(default_factory=list)  # job-level reasons exactness is impossible
+    golden_stack: dict | None = None  # the stack that rendered the golden (harness.stack); None = unknown
+
+    @property
+    def key(self) -> str:
+        return f"{self.preview.case}::{self.preview.step}::{self.preview.index}" + (
+            f"::{self.preview.extra.get('time')}" if self.preview.label_note else "")

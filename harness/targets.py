@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .errors import HarnessError
 from .paths import PathMap
-from .runner import PreviewTarget
+from .spec import PreviewTarget
 from .stack import stack_beside
 
 

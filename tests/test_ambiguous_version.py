@@ -26,7 +26,8 @@ def unipc_golden(tmp_path_factory):
     import harness.demo_model as demo_model
     from harness.demo import DEMO_ROOT, prepare
     from harness.paths import PathMap
-    from harness.runner import Engine, RunOptions
+    from harness.runner import Engine
+    from harness.options import RunOptions
     from harness.targets import from_output_dir
 
     torch.set_num_threads(1)

@@ -659,7 +659,7 @@ def test_request_without_golden_is_an_error_not_a_crash(tmp_path, tiny, capsys):
 
 
 def test_selfcheck_renders_twice_and_says_ok(job, tmp_path, capsys):
-    from harness.runner import RunOptions
+    from harness.options import RunOptions
     from harness.selfcheck import selfcheck_main
 
     job.sample["sample_steps"] = 2
@@ -674,7 +674,8 @@ def test_selfcheck_renders_twice_and_says_ok(job, tmp_path, capsys):
 
 def test_selfcheck_fails_loudly_with_the_difference(job, capsys, monkeypatch):
     from harness.render.pipeline import Render
-    from harness.runner import Engine, RunOptions
+    from harness.runner import Engine
+    from harness.options import RunOptions
     from harness.selfcheck import selfcheck_main
 
     frames = np.zeros((9, 64, 72, 3), np.uint8)
@@ -694,7 +695,7 @@ def test_selfcheck_fails_loudly_with_the_difference(job, capsys, monkeypatch):
 
 def test_selfcheck_without_a_reproducible_preview(job, capsys):
     from harness.errors import HarnessError
-    from harness.runner import RunOptions
+    from harness.options import RunOptions
     from harness.selfcheck import selfcheck_main
 
     _seed_all_minus_one(job)

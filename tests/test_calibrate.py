@@ -14,7 +14,7 @@ import pytest
 
 from harness import calibrate as cal
 from harness.errors import HarnessError
-from harness.runner import RunOptions
+from harness.options import RunOptions
 
 
 # --------------------------------------------------------------------------- rules

@@ -24,7 +24,9 @@ from harness.media import write_like_aitk
 from harness.paths import PathMap
 from harness.render import conditioning
 from harness.render.profiles import PROFILES
-from harness.runner import Engine, PreviewTarget, RunOptions
+from harness.runner import Engine
+from harness.spec import PreviewTarget
+from harness.options import RunOptions
 from harness.spec import LoraPair, PreviewJob, SampleSpec
 
 BASE_NEG = "blurry, low quality"

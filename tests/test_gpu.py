@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from harness.paths import PathMap
-from harness.runner import Engine, RunOptions
+from harness.runner import Engine
+from harness.options import RunOptions
 from harness.targets import from_output_dir
 
 from .oracle_paths import ORACLE_CUDA, PATH_MAP, TINY_MODEL, skip_unless_exact_expected

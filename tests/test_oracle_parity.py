@@ -16,7 +16,8 @@ import pytest
 
 from harness.media import encode_like_aitk, read_frames, reencode_roundtrip
 from harness.paths import PathMap
-from harness.runner import Engine, RunOptions
+from harness.runner import Engine
+from harness.options import RunOptions
 from harness.targets import from_output_dir
 
 from .oracle_paths import ORACLE, PATH_MAP, TINY_MODEL, needs_oracle, oracle_stack, output_dir, skip_unless_exact_expected

@@ -12,7 +12,7 @@ import pytest
 from harness import diagnose as dg
 from harness.errors import HarnessError
 from harness.report import build_report, write_diagnosis_report, write_report
-from harness.runner import RunOptions
+from harness.options import RunOptions
 from tests.test_report import ENV, IMG_ATTACK, SCRIPT, Page, make_document
 
 ESCAPED = "&lt;script&gt;alert(1)&lt;/script&gt;"

@@ -80,7 +80,9 @@ and sentence), ``document`` (``diagnosis.json``, summary, exit code) and ``table
 from __future__ import annotations
 
 from ..errors import HarnessError
-from ..runner import Engine, PreviewTarget, RunOptions
+from ..runner import Engine
+from ..spec import PreviewTarget
+from ..options import RunOptions
 from .context import Context, effective_key, load_context, render_identity, render_knobs
 from .document import SCHEMA, STATUSES, exit_code, run_diagnosis, summarize
 from .explain import explain

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import HarnessError
-from ..runner import Engine, PreviewTarget, choose_profile
+from ..runner import Engine, choose_profile
+from ..spec import PreviewTarget
 from .knobs import Knobs, mult_key
 
 

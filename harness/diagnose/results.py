@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from .knobs import BASELINE
 
 if TYPE_CHECKING:
-    from ..runner import PreviewTarget
+    from ..spec import PreviewTarget
 
 FOUND_STATUSES = ("exact", "explained", "likely", "numeric")
 

@@ -12,7 +12,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from ..runner import Engine, PreviewTarget, profile_settings
+from ..runner import Engine, profile_settings
+from ..spec import PreviewTarget
 from .context import Context, effective_key, load_context, render_identity, render_knobs
 from .explain import explain
 from .knobs import BASELINE, Knobs, Variant, changes
