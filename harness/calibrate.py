@@ -39,8 +39,10 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
+from .compare import Golden, compare_to_golden, read_golden
 from .errors import HarnessError
 from .fsutil import write_json_atomic
+from .numbers import fmt_db, from_json, to_json
 
 PERTURBATIONS = (None, "attention", "threads")
 PSNR_BOUNDS = (25.0, 45.0)
@@ -52,24 +54,9 @@ SCHEMA = "wan-parity/calibration@1"
 # --------------------------------------------------------------------------- pure helpers
 
 
-def _as_float(value) -> float | None:
-    if value is None or isinstance(value, bool):
-        return None
-    if isinstance(value, str):
-        return math.inf if value.strip().lower() in ("inf", "infinity") else None
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(v) else v
-
-
 def _json_number(value: float | None):
-    if value is None:
-        return None
-    if math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    return round(float(value), 4)
+    """A floor for calibration.json: rounded, infinity as :mod:`harness.numbers` writes it."""
+    return to_json(None if value is None else round(float(value), 4))
 
 
 def suggest_thresholds(psnr_floor: float | None, ssim_floor: float | None, margin_db: float = 3.0,
@@ -94,8 +81,8 @@ def suggest_thresholds(psnr_floor: float | None, ssim_floor: float | None, margi
 
 def floor_of(comparisons: list[dict]) -> dict:
     """Lowest psnr_min / ssim_min over comparison JSONs (``Comparison.to_json``); mismatches are skipped."""
-    psnrs = [_as_float(c.get("psnr_min")) for c in comparisons if c and not c.get("mismatch")]
-    ssims = [_as_float(c.get("ssim_min")) for c in comparisons if c and not c.get("mismatch")]
+    psnrs = [from_json(c.get("psnr_min")) for c in comparisons if c and not c.get("mismatch")]
+    ssims = [from_json(c.get("ssim_min")) for c in comparisons if c and not c.get("mismatch")]
     psnrs = [p for p in psnrs if p is not None]
     ssims = [s for s in ssims if s is not None]
     return {"psnr_min": min(psnrs) if psnrs else None, "ssim_min": min(ssims) if ssims else None}
@@ -124,72 +111,62 @@ class _AttentionMath:
         return self._ctx.__exit__(*exc)
 
 
-def _render(options, target):
-    """One render with a fresh Engine (fresh prompt cache; loaded models are shared through MODEL_CACHE)."""
-    import time
+def _render(options, target, models):
+    """One render with a fresh Engine (fresh prompt cache) sharing the loaded ``models``."""
+    from .engine import Engine
 
-    from .runner import Engine
-
-    engine = Engine(options)
-    started = time.perf_counter()
-    render, profile, _notes = engine.render(target)
-    return engine, render.frames, profile, round(time.perf_counter() - started, 3)
+    engine = Engine(options, models=models)
+    outcome = engine.render(target)
+    return engine, outcome.frames, outcome.profile, outcome.seconds
 
 
 def _views(reference, other, fps, ext) -> dict:
-    """Both comparison views of two renders of the same preview: lossless frames, and both re-encoded like ai-toolkit."""
-    from .media import reencode_roundtrip
-    from .metrics import compare_clips
-
-    raw = compare_clips(reference, other)
-    encoded = compare_clips(reencode_roundtrip(reference, fps=fps, ext=ext), reencode_roundtrip(other, fps=fps, ext=ext))
-    return {"bit_exact": bool(raw.bit_exact), "raw": raw.to_json(), "encoded": encoded.to_json()}
+    """Two renders of one preview compared as a render is compared with its golden: lossless and re-encoded."""
+    judged = compare_to_golden(other, Golden.from_render(reference, fps, ext))
+    return {"bit_exact": bool(judged.raw_golden.bit_exact), "raw": judged.raw_golden.to_json(),
+            "encoded": judged.encoded.to_json()}
 
 
-def _against_golden(target, frames, fps, ext) -> dict:
+def _against_golden(target, frames) -> dict:
     """The baseline render against the golden (what ``run`` would report), for context next to the floor."""
-    from .media import read_frames, reencode_roundtrip
-    from .metrics import compare_clips
-
-    if target.preview.golden is None:
-        return {"error": "no golden file for this preview (render-only request)"}
     try:
-        golden = read_frames(target.preview.golden).frames
+        encoded = compare_to_golden(frames, read_golden(target)).encoded.to_json()
     except HarnessError as exc:
         return {"error": exc.line()}
-    c = compare_clips(golden, reencode_roundtrip(frames, fps=fps, ext=ext)).to_json()
-    return {"bit_exact": bool(c.get("bit_exact")), "psnr_min": c.get("psnr_min"), "ssim_min": c.get("ssim_min"),
-            "mismatch": c.get("mismatch")}
+    return {"bit_exact": bool(encoded.get("bit_exact")), "psnr_min": encoded.get("psnr_min"),
+            "ssim_min": encoded.get("ssim_min"), "mismatch": encoded.get("mismatch")}
 
 
-def calibrate_preview(target, options, perturb: str | None, alt_threads: int | None = None) -> dict:
+def calibrate_preview(target, options, perturb: str | None, alt_threads: int | None = None, models=None) -> dict:
     """Baseline render, repeat render, optional perturbed render of one preview; comparisons as JSON."""
     import torch
 
+    from .render.models import ModelCache
+
+    models = models if models is not None else ModelCache()
     preview = target.preview
-    ext = (Path(preview.golden).suffix.lstrip(".").lower() if preview.golden else "") or "webp"
-    fps = preview.sample.fps
+    ext, fps = preview.golden_ext, preview.sample.fps
     entry = {"key": target.key, "golden": str(preview.golden) if preview.golden else None, "error": None, "seconds": {}}
     try:
-        engine, base, profile, entry["seconds"]["baseline"] = _render(options, target)
+        engine, base, profile, entry["seconds"]["baseline"] = _render(options, target, models)
         threads = torch.get_num_threads()
         entry.update(device=str(engine.device_for(target)), threads=threads, profile=profile.name)
-        _, again, _, entry["seconds"]["repeat"] = _render(options, target)
+        _, again, _, entry["seconds"]["repeat"] = _render(options, target, models)
         entry["repeat"] = _views(base, again, fps, ext)
         entry["perturbed"] = None
         if perturb == "attention":
             with _AttentionMath():
-                _, other, _, entry["seconds"]["perturbed"] = _render(options, target)
+                _, other, _, entry["seconds"]["perturbed"] = _render(options, target, models)
             entry["perturbed"] = {"kind": "attention", "detail": _AttentionMath.detail, **_views(base, other, fps, ext)}
         elif perturb == "threads":
             alt = alt_threads or other_thread_count(threads)
             try:
-                _, other, _, entry["seconds"]["perturbed"] = _render(replace(options, threads=alt), target)
+                _, other, _, entry["seconds"]["perturbed"] = _render(replace(options, threads=alt), target, models)
             finally:
                 torch.set_num_threads(threads)
             entry["perturbed"] = {"kind": "threads", "detail": f"{alt} CPU threads instead of {threads}",
                                   "threads": alt, **_views(base, other, fps, ext)}
-        entry["golden_view"] = _against_golden(target, base, fps, ext)
+        entry["golden_view"] = _against_golden(target, base)
     except HarnessError as exc:
         entry["error"] = exc.line()
     except MemoryError:
@@ -228,7 +205,7 @@ def summarize(previews: list[dict], perturb: str | None, margin_db: float, ssim_
         notes.append("threads only changes CPU-side work; on CUDA use perturb=attention")
     for p in done:
         g = p.get("golden_view") or {}
-        psnr = _as_float(g.get("psnr_min"))
+        psnr = from_json(g.get("psnr_min"))
         if g.get("mismatch"):
             notes.append(f"{p['key']}: render and golden differ in shape: {g['mismatch']}")
         elif psnr is not None and psnr < suggested["psnr_min"] and not g.get("bit_exact"):
@@ -252,10 +229,7 @@ def summarize(previews: list[dict], perturb: str | None, margin_db: float, ssim_
 
 
 def _fmt(value) -> str:
-    v = _as_float(value)
-    if v is None:
-        return "-"
-    return "inf" if math.isinf(v) else f"{v:.2f}"
+    return fmt_db(value, 2, "-")
 
 
 def print_table(document: dict, file=None) -> None:
@@ -297,7 +271,8 @@ def print_table(document: dict, file=None) -> None:
 def calibrate(targets, options, perturb: str | None = None, *, max_previews: int = 3, margin_db: float = 3.0,
               ssim_margin: float = 0.02, alt_threads: int | None = None) -> dict:
     """Measure and return the calibration document (nothing written)."""
-    from .runner import Engine
+    from .engine import Engine
+    from .render.models import ModelCache
 
     if perturb not in PERTURBATIONS:
         raise HarnessError(None, "--perturb", f"unknown perturbation {perturb!r}; use attention or threads")
@@ -312,8 +287,9 @@ def calibrate(targets, options, perturb: str | None = None, *, max_previews: int
     if not chosen:
         raise HarnessError(None, "TARGET", "no reproducible preview to calibrate on (every selected preview is "
                                            "unreproducible or none was selected)")
-    previews = [calibrate_preview(t, options, perturb, alt_threads) for t in chosen]
-    environment = Engine(options).environment()
+    models = ModelCache()
+    previews = [calibrate_preview(t, options, perturb, alt_threads, models) for t in chosen]
+    environment = Engine(options, models=models).environment()
     document = {
         "schema": SCHEMA,
         "created": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),

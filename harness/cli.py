@@ -156,7 +156,7 @@ def pin_for(targets) -> dict:
 
 def cmd_run(args) -> int:
     from .fsutil import write_json_atomic
-    from .runner import exit_code, results_document
+    from .result import exit_code, results_document
 
     options, targets = _options_and_targets(args, save_frames=args.save_frames, resume=args.resume)
     environment, results = run_with_progress(targets, options)
@@ -168,8 +168,8 @@ def cmd_run(args) -> int:
         _write_report(document, args.out)
     print_table(results)
     for result in results:
-        if result["status"] == "error":
-            print(f"error: {result['message']}", file=sys.stderr)
+        if result.status == "error":
+            print(f"error: {result.message}", file=sys.stderr)
     return exit_code(results)
 
 
@@ -215,21 +215,17 @@ def run_with_progress(targets, options):
 
 def print_table(results) -> None:
     from rich.console import Console
+
+    from .numbers import fmt_db
     from rich.table import Table
 
     table = Table(title="wan-parity results")
     for col in ("preview", "status", "bit-exact", "PSNR min", "SSIM min", "message"):
         table.add_column(col)
     for r in results:
-        table.add_row(r["key"], r["status"], "yes" if r.get("bit_exact") else "no", _fmt(r.get("psnr_min")),
-                      _fmt(r.get("ssim_min")), (r.get("message") or "")[:120])
+        table.add_row(r.key, r.status, "yes" if r.bit_exact else "no", fmt_db(r.psnr_min, 3, "-"),
+                      fmt_db(r.ssim_min, 3, "-"), (r.message or "")[:120])
     Console(stderr=False).print(table)
-
-
-def _fmt(value) -> str:
-    if value is None:
-        return "-"
-    return "inf" if value in ("inf", float("inf")) else f"{float(value):.3f}"
 
 
 def cmd_import(args) -> int:
@@ -289,7 +285,7 @@ def cmd_selfcheck(args) -> int:
 def cmd_fingerprint(args) -> int:
     import torch
 
-    from .runner import resolve_device
+    from .engine import resolve_device
     from .stack import dump_stack, fingerprint
 
     if args.threads is not None:

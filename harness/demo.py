@@ -63,7 +63,7 @@ def regenerate_goldens(workdir: Path) -> None:
     from .aitk.samples import expand_samples
     from .media import write_like_aitk
     from .paths import PathMap
-    from .runner import Engine
+    from .engine import Engine
     from .options import RunOptions
     from .targets import from_output_dir
 
@@ -78,8 +78,8 @@ def regenerate_goldens(workdir: Path) -> None:
     output = prepare(workdir)
     engine = Engine(RunOptions(path_map=PathMap([f"{DEMO_ROOT}={workdir}"]), device="cpu", threads=2))
     for target in from_output_dir(output, PathMap([f"{DEMO_ROOT}={workdir}"])):
-        render, _, _ = engine.render(target)
-        write_like_aitk(samples / Path(target.preview.golden).name, render.frames, target.preview.sample.fps)
+        frames = engine.render(target).frames
+        write_like_aitk(samples / Path(target.preview.golden).name, frames, target.preview.sample.fps)
 
 
 def run_demo(out: Path, extra_args: list[str] | None = None) -> int:

@@ -246,10 +246,10 @@ class PreviewItem(pytest.Item):
         try:
             result = run_one(session.engine(), self.target)
             session.results.append(result)
-            write_json_atomic(result_file(session.out, self.target), result)
+            write_json_atomic(result_file(session.out, self.target), result.to_json())
         except HarnessError as exc:
             raise PreviewError(f"error: {exc.line()}") from None
-        if result["status"] in ("fail", "error"):
+        if result.status in ("fail", "error"):
             raise PreviewError(_failure_line(result, session.out))
 
     def repr_failure(self, excinfo):
@@ -281,23 +281,22 @@ class BrokenCase(pytest.Item):
         return self.path, None, "case"
 
 
-def _failure_line(result: dict, out: Path) -> str:
-    if result["status"] == "error":
-        return f"error: {result['message']}"
-    raw = result.get("raw") or {}
-    if result.get("require_bit_exact") is True:
-        rule = "bit-exact required" + (" (the stacks match)" if result.get("exact_expected") else "")
+def _failure_line(result, out: Path) -> str:
+    """One line for a failed item: the rule that failed, the numbers, the profile, where the report is."""
+    from .numbers import fmt_db
+
+    if result.status == "error":
+        return f"error: {result.message}"
+    if result.require_bit_exact is True:
+        rule = "bit-exact required" + (" (the stacks match)" if result.exact_expected else "")
     else:
-        limits = result.get("thresholds") or {}
-        rule = f"below thresholds (PSNR {limits.get('psnr_min')} dB, SSIM {limits.get('ssim_min')})"
-        rule += f"; {result['stack_reason']}" if result.get("stack_reason") else ""
-    return (f"{result['key']}: drift, {rule}: encoded PSNR min {_db(result.get('psnr_min'))} dB (mean "
-            f"{_db(result.get('psnr_mean'))}), SSIM min {_db(result.get('ssim_min'), 4)}; raw PSNR min "
-            f"{_db(raw.get('psnr_min'))} dB; profile {result.get('profile')}; report: {out / 'report.html'}")
-
-
-def _db(value, digits: int = 2) -> str:
-    return "n/a" if value is None else "inf" if value == "inf" else f"{float(value):.{digits}f}"
+        limits = result.thresholds
+        rule = f"below thresholds (PSNR {limits.psnr_min} dB, SSIM {limits.ssim_min})"
+        rule += f"; {result.stack_reason}" if result.stack_reason else ""
+    raw_min = result.raw.psnr_min if result.raw is not None else None
+    return (f"{result.key}: drift, {rule}: encoded PSNR min {fmt_db(result.psnr_min)} dB (mean "
+            f"{fmt_db(result.psnr_mean)}), SSIM min {fmt_db(result.ssim_min, 4)}; raw PSNR min "
+            f"{fmt_db(raw_min)} dB; profile {result.profile}; report: {out / 'report.html'}")
 
 
 def pytest_sessionstart(session):
@@ -312,7 +311,7 @@ def pytest_sessionfinish(session, exitstatus):
     if parity is None:
         return
     from .fsutil import write_json_atomic
-    from .runner import results_document
+    from .result import results_document
 
     worker = getattr(session.config, "workerinput", {}).get("workerid")
     if worker is not None:
@@ -351,8 +350,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     document = getattr(parity, "merged", None)
     if document is None:
         return
-    results = document["results"]
-    bit_exact = sum(1 for r in results if r.get("bit_exact"))
+    from .result import results_of
+
+    results = results_of(document)
+    bit_exact = sum(1 for r in results if r.bit_exact)
     from .stack import pinned_env
 
     pinned = pinned_env()

@@ -54,13 +54,15 @@ def _warnings(flags: dict[str, object]) -> list[str]:
     return out
 
 
-def compare_renders(a: np.ndarray, b: np.ndarray) -> tuple[int, int, int]:
-    """(differing frames, differing pixels, max abs difference); a pixel differs when any channel does."""
+def compare_renders(a: np.ndarray, b: np.ndarray, fps: int = 16, ext: str = "webp") -> tuple[int, int, int]:
+    """(differing frames, differing pixels, max abs difference) of two lossless renders, via the one comparison."""
+    from .compare import Golden, compare_to_golden
+
     if a.shape != b.shape:
         raise HarnessError("selfcheck", "frames", f"the two renders have different shapes {a.shape} and {b.shape}")
-    diff = np.abs(a.astype(np.int16) - b.astype(np.int16))
-    per_pixel = diff.max(axis=-1) > 0
-    return int(per_pixel.any(axis=(1, 2)).sum()), int(per_pixel.sum()), int(diff.max(initial=0))
+    lossless = compare_to_golden(b, Golden.from_render(a, fps, ext)).raw_golden
+    frames = sum(1 for value in lossless.psnr if value != float("inf"))
+    return frames, lossless.differing_pixels, lossless.max_abs_diff
 
 
 def _pick(targets, preview_index: int):
@@ -80,7 +82,7 @@ def selfcheck_main(target_path, options=None, preview_index: int = 0, out=None) 
     out = out or sys.stdout
     from .paths import PathMap
     from .render.text import PromptCache
-    from .runner import Engine
+    from .engine import Engine
     from .options import RunOptions
     from .targets import collect
 
@@ -92,14 +94,16 @@ def selfcheck_main(target_path, options=None, preview_index: int = 0, out=None) 
     renders = []
     for _ in range(2):
         engine.prompts = PromptCache()  # the text encoder runs again too
-        render, profile, _notes = engine.render(target)
-        renders.append(render)
+        outcome = engine.render(target)
+        renders.append(outcome)
+    profile = outcome.profile
     flags = environment_flags(engine)
     for key, value in flags.items():
         print(f"  {key}: {value}", file=out)
     for warning in _warnings(flags):
         print(f"  warning: {warning}", file=out)
-    frames, pixels, max_delta = compare_renders(renders[0].frames, renders[1].frames)
+    frames, pixels, max_delta = compare_renders(renders[0].frames, renders[1].frames, target.preview.sample.fps,
+                                               target.preview.golden_ext)
     same_trace = renders[0].trace == renders[1].trace
     if frames or not same_trace:
         total = renders[0].frames.shape[0]

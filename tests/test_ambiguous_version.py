@@ -26,7 +26,7 @@ def unipc_golden(tmp_path_factory):
     import harness.demo_model as demo_model
     from harness.demo import DEMO_ROOT, prepare
     from harness.paths import PathMap
-    from harness.runner import Engine
+    from harness.engine import Engine
     from harness.options import RunOptions
     from harness.targets import from_output_dir
 
@@ -44,7 +44,7 @@ def unipc_golden(tmp_path_factory):
     small = replace(target.preview.sample, sample_steps=3, num_frames=5, width=32, height=32)
     target = replace(target, preview=replace(target.preview, sample=small, golden=work / "golden.webp", golden_raw=None))
     engine = Engine(RunOptions(device="cpu", threads=1))
-    render, _, _ = engine.render(target, profile=PROFILES["aitk-unipc"])
+    render = engine.render(target, replace(engine.baseline(target), profile=PROFILES["aitk-unipc"]))
     write_like_aitk(Path(target.preview.golden), render.frames, small.fps)
     return engine, target
 
@@ -54,8 +54,8 @@ def test_auto_keeps_the_profile_that_matches(unipc_golden):
 
     engine, target = unipc_golden
     result = run_one(engine, target)
-    assert (result["status"], result["bit_exact"], result["profile"]) == ("pass", True, "aitk-unipc")
-    assert any("spans a sampler change" in note for note in result["notes"])
+    assert (result.status, result.bit_exact, result.profile) == ("pass", True, "aitk-unipc")
+    assert any("spans a sampler change" in note for note in result.notes)
 
 
 def test_an_explicit_profile_is_not_second_guessed(unipc_golden):
@@ -67,4 +67,4 @@ def test_an_explicit_profile_is_not_second_guessed(unipc_golden):
         result = run_one(engine, target)
     finally:
         engine.options.profile = None
-    assert result["profile"] == "aitk-euler" and not result["bit_exact"]
+    assert result.profile == "aitk-euler" and not result.bit_exact

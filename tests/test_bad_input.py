@@ -673,18 +673,18 @@ def test_selfcheck_renders_twice_and_says_ok(job, tmp_path, capsys):
 
 
 def test_selfcheck_fails_loudly_with_the_difference(job, capsys, monkeypatch):
-    from harness.render.pipeline import Render
-    from harness.runner import Engine
+    from types import SimpleNamespace
+
+    from harness.engine import Engine
     from harness.options import RunOptions
     from harness.selfcheck import selfcheck_main
 
     frames = np.zeros((9, 64, 72, 3), np.uint8)
     renders = [frames, frames.copy()]
     renders[1][4, 10, 10:13] = (0, 5, 2)  # one frame, three pixels, max difference 5
-    profile = type("P", (), {"name": "aitk-euler"})()
 
-    def fake_render(self, target):
-        return Render(frames=renders.pop(0), trace=[("high", 999.0)]), profile, []
+    def fake_render(self, target, settings=None):
+        return SimpleNamespace(frames=renders.pop(0), trace=[["high", 999.0]], profile=SimpleNamespace(name="aitk-euler"))
 
     monkeypatch.setattr(Engine, "render", fake_render)
     rc = selfcheck_main(job.dir, RunOptions(device="cpu"))

@@ -7,6 +7,7 @@ import json
 import math
 import time
 from pathlib import Path
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -55,12 +56,16 @@ def _frames(seed: int = 0) -> np.ndarray:
 def _fake_targets(tmp_path: Path, n: int = 2, unreproducible: int = 0):
     from harness.media import write_like_aitk
 
+    from harness.spec import PreviewJob, PreviewTarget, SampleSpec
+
     targets = []
     for i in range(n + unreproducible):
         golden = write_like_aitk(tmp_path / f"g{i}.webp", _frames(), 16)
-        preview = SimpleNamespace(golden=golden, sample=SimpleNamespace(fps=16),
-                                  unreproducible="seed -1" if i < unreproducible else None)
-        targets.append(SimpleNamespace(preview=preview, key=f"fake::0::{i}"))
+        sample = SampleSpec(index=i, prompt="p", negative_prompt="", seed=i, width=16, height=16, num_frames=1,
+                            guidance_scale=1.0, sample_steps=1, network_multiplier=1.0, fps=16, ctrl_img=None)
+        preview = PreviewJob(case="fake", golden=golden, step=0, index=i, sample=sample, lora=None, merged=False,
+                             unreproducible="seed -1" if i < unreproducible else None)
+        targets.append(PreviewTarget(preview=preview, model_name="fake", config_file=tmp_path / "config.yaml"))
     return targets
 
 
@@ -70,7 +75,7 @@ class FakeRenders:
     def __init__(self, make):
         self.make, self.calls = make, []
 
-    def __call__(self, options, target):
+    def __call__(self, options, target, models):
         import torch
 
         n = len(self.calls)
@@ -137,7 +142,7 @@ def test_attention_perturbation_restricts_sdpa_to_math_only_for_the_perturbed_re
 
     monkeypatch.setattr(cal, "_render", FakeRenders(make))
     targets = _fake_targets(tmp_path, 1)
-    targets[0].preview.golden = None  # a render-only request: no golden to compare with, still calibrated
+    targets[0].preview = replace(targets[0].preview, golden=None)  # a render-only request: no golden to compare with, still calibrated
     rc = cal.calibrate_main(targets, RunOptions(device="cpu"), tmp_path / "cal", perturb="attention", file=io.StringIO())
     doc = json.loads((tmp_path / "cal" / "calibration.json").read_text())
     assert flags == [(True, True), (True, True), (False, True)]

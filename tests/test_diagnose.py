@@ -24,7 +24,7 @@ from harness.media import write_like_aitk
 from harness.paths import PathMap
 from harness.render import conditioning
 from harness.render.profiles import PROFILES
-from harness.runner import Engine
+from harness.engine import Engine
 from harness.spec import PreviewTarget
 from harness.options import RunOptions
 from harness.spec import LoraPair, PreviewJob, SampleSpec
@@ -63,9 +63,9 @@ def _golden(world, name: str, target: PreviewTarget, monkeypatch=None, patch=Non
     if monkeypatch is not None:
         with monkeypatch.context() as m:
             patch(m)
-            render, _, _ = world["engine"].render(target)
+            render = world["engine"].render(target)
     else:
-        render, _, _ = world["engine"].render(target)
+        render = world["engine"].render(target)
     path = write_like_aitk(world["root"] / f"golden_{name}.webp", render.frames, target.preview.sample.fps)
     base = world["target"]
     return replace(base, preview=replace(base.preview, golden=path))
@@ -119,12 +119,11 @@ def _wrong_knob_goldens():
                        lambda m: m.setattr(conditioning, "load_control_image", crop))
 
     def quantized(world, mp):
-        from harness import runner
-        from harness.render.quant import quantization_plan
+        from harness.render import quant
 
-        plan = quantization_plan({"quantize": True, "quantize_te": True, "qtype": "qfloat8"}, "0.12.26")
+        plan = quant.quantization_plan({"quantize": True, "quantize_te": True, "qtype": "qfloat8"}, "0.12.26")
         return _golden(world, "quantized", world["target"], mp,
-                       lambda m: m.setattr(runner, "quantization_for", lambda target, ara=None: plan))
+                       lambda m: m.setattr(quant, "quantization_plan", lambda *args, **kwargs: plan))
 
     return [
         ("profile", "runcomfy", profile),
@@ -178,23 +177,23 @@ def test_lora_off_and_multiplier_zero_share_one_render(world, monkeypatch):
 def test_baseline_variant_path_matches_the_runner(world):
     """The diagnosis renders variants itself; with no knob changed it must reproduce Engine.render bit for bit."""
     engine, target = world["engine"], world["target"]
-    ctx = dg._context(engine, replace(target, preview=replace(target.preview, golden=_any_golden(world))))
+    ctx = dg.load_context(engine, replace(target, preview=replace(target.preview, golden=_any_golden(world))))
     for knobs in (ctx.base, replace(ctx.base, merged=True)):
-        ours = dg.render_knobs(engine, target, knobs, ctx)
+        ours = dg.render_knobs(engine, target, knobs)
         runner_target = replace(target, preview=replace(target.preview, merged=knobs.merged))
-        assert np.array_equal(ours, engine.render(runner_target)[0].frames)
+        assert np.array_equal(ours, engine.render(runner_target).frames)
 
 
 def _any_golden(world) -> Path:
     path = world["root"] / "golden_baseline.webp"
     if not path.exists():
-        render, _, _ = world["engine"].render(world["target"])
+        render = world["engine"].render(world["target"])
         write_like_aitk(path, render.frames, 16)
     return path
 
 
 def test_every_variant_changes_exactly_one_knob(world):
-    ctx = dg._context(world["engine"], replace(world["target"], preview=replace(world["target"].preview,
+    ctx = dg.load_context(world["engine"], replace(world["target"], preview=replace(world["target"].preview,
                                                                                golden=_any_golden(world))))
     variants = dg.variants_for(world["target"], ctx.base)
     assert {v.family for v in variants} == set(dg.FAMILIES)
@@ -287,7 +286,7 @@ def _explained(rows, thresholds=None):
 
     ranked = [r for _, r in sorted(enumerate(rows), key=lambda p: p[1].sort_key(p[0]))]
     d = dg.Diagnosis(key="k", status="", found=False, explanation="", ranked=ranked, profile="aitk-euler", swept=True)
-    dg._explain(d, next(r for r in rows if r.variant == "baseline"), thresholds or ENCODED_VIEW)
+    dg.explain(d, next(r for r in rows if r.variant == "baseline"), thresholds or ENCODED_VIEW)
     return d
 
 

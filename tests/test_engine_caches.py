@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from harness.errors import NonFiniteError
-from harness.runner import LoraCache
+from harness.engine import LoraCache
 
 
 def _checkpoints(tmp_path: Path, steps: int) -> list[tuple[Path, Path]]:

@@ -7,12 +7,14 @@ the stack rules of harness.stack decide, and the tests skip elsewhere with the s
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
 from harness.paths import PathMap
-from harness.runner import Engine
+from harness.engine import Engine
 from harness.options import RunOptions
 from harness.targets import from_output_dir
 
@@ -50,7 +52,7 @@ def cuda_engine():
 @pytest.mark.parametrize("target", CUDA_TARGETS, ids=[t.key for t in CUDA_TARGETS])
 def test_cuda_oracle_bit_exact(cuda_engine, target):
     skip_unless_exact_expected(cuda_engine, "cuda", "cuda")
-    render, _, _ = cuda_engine.render(target)
+    render = cuda_engine.render(target)
     raw = np.load(target.preview.golden_raw)
     differing = int((render.frames != raw).any(axis=-1).sum())
     assert differing == 0, f"{differing} pixels differ (max {np.abs(render.frames.astype(int) - raw).max()} levels)"
@@ -60,8 +62,8 @@ def test_cuda_render_is_deterministic(cuda_engine):
     if not CUDA_TARGETS:
         pytest.skip(f"CUDA oracle not found at {ORACLE_CUDA}")
     target = CUDA_TARGETS[-1]
-    first, _, _ = cuda_engine.render(target)
-    second, _, _ = cuda_engine.render(target)
+    first = cuda_engine.render(target)
+    second = cuda_engine.render(target)
     assert np.array_equal(first.frames, second.frames)
 
 
@@ -75,10 +77,10 @@ def test_offload_modes_give_identical_bytes(cuda_engine, mode):
     """Memory modes only change where weights wait: the unmerged and the merged LoRA path give the same bytes."""
     for target in (_pick("cuda_a", 2), _pick("cuda_d", 2)):
         cuda_engine.options.offload = "none"
-        resident, _, _ = cuda_engine.render(target)
+        resident = cuda_engine.render(target)
         cuda_engine.options.offload = mode
         try:
-            offloaded, _, _ = cuda_engine.render(target)
+            offloaded = cuda_engine.render(target)
         finally:
             cuda_engine.options.offload = "none"
         assert np.array_equal(resident.frames, offloaded.frames), f"{mode} changed {target.key}"
@@ -95,7 +97,7 @@ def test_quantized_render_is_deterministic_and_identical_across_offload_modes(cu
     try:
         for mode in ("none", "none", "experts", "sequential"):
             cuda_engine.options.offload = mode
-            render, _, _ = cuda_engine.render(target, quantization=plan)
+            render = cuda_engine.render(target, replace(cuda_engine.baseline(target), quantization=plan))
             frames.setdefault(mode, []).append(render.frames)
     finally:
         cuda_engine.options.offload = "none"
@@ -103,5 +105,5 @@ def test_quantized_render_is_deterministic_and_identical_across_offload_modes(cu
     assert np.array_equal(reference, frames["none"][1]), "quantized CUDA render is nondeterministic"
     for mode in ("experts", "sequential"):
         assert np.array_equal(reference, frames[mode][0]), f"{mode} changed the quantized render"
-    bf16, _, _ = cuda_engine.render(target)
+    bf16 = cuda_engine.render(target)
     assert not np.array_equal(reference, bf16.frames), "quantization made no difference"

@@ -16,7 +16,7 @@ import pytest
 
 from harness.media import encode_like_aitk, read_frames, reencode_roundtrip
 from harness.paths import PathMap
-from harness.runner import Engine
+from harness.engine import Engine
 from harness.options import RunOptions
 from harness.targets import from_output_dir
 
@@ -46,7 +46,7 @@ _RENDERS: dict[str, object] = {}
 def _render(engine, target):
     """Each preview is rendered once per session; several tests inspect the same render."""
     if target.key not in _RENDERS:
-        _RENDERS[target.key] = engine.render(target)[0]
+        _RENDERS[target.key] = engine.render(target)
     return _RENDERS[target.key]
 
 

@@ -25,7 +25,7 @@ Knob families (§13, docs/parity), each a list of :class:`Variant`s built from t
 Variants that cannot change the render are not rendered twice: each variant's *effective* settings (expert
 assignment per step instead of the raw boundary, the LoRA as actually applied, the crop box, ...) are reduced to a
 key, and a variant whose key was already rendered reuses those frames and says so (``same_as``). Models come from
-the process-wide ``MODEL_CACHE`` (the fp32-kept variants load a second bundle once), LoRA layers are parsed once by
+the engine's model cache (the fp32-kept variants load a second bundle once), LoRA layers are parsed once by
 the engine, prompt embeddings are cached. Variants that need the other bundle render last, together. On A14B that
 second bundle is a second copy of both experts: use an offload mode or enough memory for two.
 
@@ -80,22 +80,17 @@ and sentence), ``document`` (``diagnosis.json``, summary, exit code) and ``table
 from __future__ import annotations
 
 from ..errors import HarnessError
-from ..runner import Engine
+from ..engine import Engine, RenderSettings
 from ..spec import PreviewTarget
 from ..options import RunOptions
 from .context import Context, effective_key, load_context, render_identity, render_knobs
 from .document import SCHEMA, STATUSES, exit_code, run_diagnosis, summarize
 from .explain import explain
-from .knobs import BASELINE, FAMILIES, PROFILE_FIELDS, Knobs, Variant, changes, check_families, mult_key
+from .knobs import BASELINE, FAMILIES, PROFILE_FIELDS, Variant, changes, check_families, mult_key
 from .results import FOUND_STATUSES, Diagnosis, Row, json_safe
 from .sweep import compare, diagnose_target, rank
 from .table import format_table
 from .variants import BOUNDARIES, MULTIPLIER_GRID, SHIFTS, WAN_NEGATIVE, WAN_NEGATIVE_EN, variants_for
-
-# the single-module names the tests still use
-_context = load_context
-_explain = explain
-
 
 def diagnose_main(targets: list[PreviewTarget], options: RunOptions, out_dir, families=None, progress=None,
                   force: bool = False) -> tuple[dict, int]:
@@ -106,10 +101,9 @@ def diagnose_main(targets: list[PreviewTarget], options: RunOptions, out_dir, fa
     """
     return run_diagnosis(Engine, targets, options, out_dir, families=families, progress=progress, force=force)
 
-
 __all__ = [
-    "BASELINE", "BOUNDARIES", "Context", "Diagnosis", "Engine", "FAMILIES", "FOUND_STATUSES", "HarnessError", "Knobs",
-    "MULTIPLIER_GRID", "PROFILE_FIELDS", "PreviewTarget", "Row", "RunOptions", "SCHEMA", "SHIFTS", "STATUSES",
+    "BASELINE", "BOUNDARIES", "Context", "Diagnosis", "Engine", "FAMILIES", "FOUND_STATUSES", "HarnessError",
+    "MULTIPLIER_GRID", "PROFILE_FIELDS", "PreviewTarget", "RenderSettings", "Row", "RunOptions", "SCHEMA", "SHIFTS", "STATUSES",
     "Variant", "WAN_NEGATIVE", "WAN_NEGATIVE_EN", "changes", "check_families", "compare", "diagnose_main",
     "diagnose_target", "effective_key", "exit_code", "explain", "format_table", "json_safe", "load_context",
     "mult_key", "rank", "render_identity", "render_knobs", "run_diagnosis", "summarize", "variants_for",

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable
 
+from ..engine import RenderSettings
 from ..errors import HarnessError
 
 FAMILIES = ("profile", "shift", "boundary", "lora", "multiplier", "merge", "posterior", "dtype", "seed", "negative",
@@ -14,42 +15,13 @@ PROFILE_FIELDS = ("scheduler", "shift", "boundary", "unipc_sigmas", "posterior",
 
 
 @dataclass(frozen=True)
-class Knobs:
-    """Everything a variant may change; the baseline is what ``Engine.render`` would use for the target.
-
-    ``profile`` stays a named profile and ``overrides`` holds the fields a variant changes on top of it, so
-    what changed is read from data, never parsed back out of a profile name.
-    """
-
-    profile: object  # harness.render.profiles.SamplerProfile, a named one
-    sample: object  # harness.spec.SampleSpec (seed, negative_prompt live here)
-    multiplier: object  # float or {"high": m, "low": m}
-    lora: bool  # whether the preview's LoRA is applied at all
-    merged: bool
-    resize: str = "stretch"
-    quantization: object = "job"  # "job" (the job's plan), a quant.QuantPlan, or None (bf16)
-    overrides: tuple = ()  # ((field, value), ...) of ``profile`` changed by a variant
-
-    @property
-    def sampler(self):
-        """The profile the render follows: ``profile`` with ``overrides`` (named ``base+k=v``, as results record)."""
-        from ..render.profiles import with_overrides
-
-        return with_overrides(self.profile, **dict(self.overrides))
-
-    def with_profile_fields(self, **fields) -> "Knobs":
-        """These knobs with some profile fields overridden (the shift, boundary, posterior, dtype variants)."""
-        return replace(self, overrides=tuple({**dict(self.overrides), **fields}.items()))
-
-
-@dataclass(frozen=True)
 class Variant:
-    """One single-knob change: ``apply`` maps the baseline knobs to the variant's."""
+    """One single-knob change: ``apply`` maps the baseline settings to the variant's (``dataclasses.replace``)."""
 
     name: str
     family: str
     description: str
-    apply: Callable[[Knobs], Knobs]
+    apply: Callable[[RenderSettings], RenderSettings]
     meaning: str = ""  # the clause the explanation uses when this variant matches best
 
 
@@ -75,7 +47,7 @@ def mult_key(m) -> tuple[float, float]:
     return float(m), float(m)
 
 
-def changes(base: Knobs, variant: Knobs) -> dict:
+def changes(base: RenderSettings, variant: RenderSettings) -> dict:
     """What a variant changes, knob by knob (profile fields are listed one by one)."""
     out = _profile_changes(base, variant)
     for key in ("seed", "negative_prompt"):
@@ -83,8 +55,8 @@ def changes(base: Knobs, variant: Knobs) -> dict:
             out[key] = getattr(variant.sample, key)
     if variant.multiplier != base.multiplier:
         out["multiplier"] = variant.multiplier
-    if variant.lora != base.lora:
-        out["lora"] = "on" if variant.lora else "off"
+    if variant.use_lora != base.use_lora:
+        out["lora"] = "on" if variant.use_lora else "off"
     if variant.merged != base.merged:
         out["lora_path"] = "merged" if variant.merged else "unmerged"
     if variant.resize != base.resize:
@@ -95,7 +67,7 @@ def changes(base: Knobs, variant: Knobs) -> dict:
     return out
 
 
-def _profile_changes(base: Knobs, variant: Knobs) -> dict:
+def _profile_changes(base: RenderSettings, variant: RenderSettings) -> dict:
     """Another named profile is one knob (its name); overridden fields are one knob each."""
     if variant.profile != base.profile:
         return {"profile": variant.profile.name}

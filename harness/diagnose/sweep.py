@@ -12,20 +12,15 @@ from dataclasses import replace
 
 import numpy as np
 
-from ..runner import Engine, profile_settings
+from ..compare import compare_to_golden
+from ..engine import Engine, RenderSettings, profile_settings
+from ..runner import effective_thresholds
 from ..spec import PreviewTarget
 from .context import Context, effective_key, load_context, render_identity, render_knobs
 from .explain import explain
-from .knobs import BASELINE, Knobs, Variant, changes
+from .knobs import BASELINE, Variant, changes
 from .results import Diagnosis, Row
 from .variants import variants_for
-
-
-def _thresholds(engine, target):
-    """The preview's thresholds with ``require_bit_exact: auto`` decided by this stack, as ``run`` decides it."""
-    from ..runner import effective_thresholds
-
-    return effective_thresholds(target.thresholds, engine.stack_match(target))
 
 
 def diagnose_target(engine: Engine, target: PreviewTarget, families=None, force: bool = False,
@@ -38,7 +33,7 @@ def diagnose_target(engine: Engine, target: PreviewTarget, families=None, force:
     """
     started = time.perf_counter()
     ctx = load_context(engine, target)
-    variants = variants_for(target, ctx.base, families)
+    variants = variants_for(target, ctx.base, families, ctx.aitk_version)
     renders = _Renders(engine, ctx, cache)
     baseline = renders.row(BASELINE, ctx.base)
     swept = not baseline.mismatch and (force or not baseline.bit_exact)
@@ -49,7 +44,7 @@ def diagnose_target(engine: Engine, target: PreviewTarget, families=None, force:
     diagnosis = Diagnosis(key=target.key, status="unexplained", found=False, explanation="", target=target,
                           ranked=rank(rows), profile=ctx.base.profile.name,
                           profile_settings=profile_settings(ctx.base.profile), profile_why=ctx.profile_why, swept=swept)
-    explain(diagnosis, baseline, _thresholds(engine, target))
+    explain(diagnosis, baseline, effective_thresholds(target.thresholds, engine.stack_match(target)))
     diagnosis.seconds = time.perf_counter() - started
     return diagnosis
 
@@ -86,7 +81,7 @@ class _Renders:
         self.engine, self.ctx, self.cache = engine, ctx, cache
         self.rows: dict[tuple, tuple[str, Row]] = {}
 
-    def row(self, variant: Variant, knobs: Knobs) -> Row:
+    def row(self, variant: Variant, knobs: RenderSettings) -> Row:
         key = effective_key(self.ctx, knobs)
         knob_changes = changes(self.ctx.base, knobs)
         if key in self.rows:
@@ -99,13 +94,13 @@ class _Renders:
         self.rows[key] = (variant.name, row)
         return row
 
-    def _frames(self, key: tuple, knobs: Knobs) -> tuple[np.ndarray, float, float]:
+    def _frames(self, key: tuple, knobs: RenderSettings) -> tuple[np.ndarray, float, float]:
         """(frames, render seconds, when comparing starts); from the cross-golden cache when the caller keeps one."""
         t0 = time.perf_counter()
         cache_key = (render_identity(self.engine, self.ctx), key)
         hit = self.cache.get(cache_key) if self.cache is not None else None
         if hit is None:
-            frames = render_knobs(self.engine, self.ctx.target, knobs, self.ctx)
+            frames = render_knobs(self.engine, self.ctx.target, knobs)
             hit = (frames, time.perf_counter() - t0)
             if self.cache is not None:
                 self.cache[cache_key] = hit
@@ -115,13 +110,9 @@ class _Renders:
 
 def compare(ctx: Context, frames: np.ndarray, variant: Variant, knob_changes: dict, seconds: float) -> Row:
     """The variant's row: encoded view against the golden (as ``run`` compares), raw exactness, a frame digest."""
-    from ..media import reencode_roundtrip
-    from ..metrics import compare_clips
-
-    encoded = compare_clips(ctx.golden, reencode_roundtrip(frames, fps=ctx.target.preview.sample.fps, ext=ctx.ext))
-    raw_exact = None
-    if ctx.raw_golden is not None:
-        raw_exact = bool(compare_clips(ctx.raw_golden, frames).bit_exact)
+    judged = compare_to_golden(frames, ctx.golden)
+    encoded = judged.encoded
+    raw_exact = None if judged.raw_golden is None else bool(judged.raw_golden.bit_exact)
     digest = hashlib.sha1(np.ascontiguousarray(frames).tobytes() + str(frames.shape).encode()).hexdigest()
     return Row(variant.name, variant.family, variant.description, knob_changes, bool(encoded.bit_exact),
                encoded.psnr_min, encoded.psnr_mean, encoded.ssim_min, encoded.ssim_mean, encoded.max_abs_diff,

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..errors import HarnessError
-from .knobs import Knobs, Variant, check_families, mult_key
+from ..engine import RenderSettings
+from .knobs import Variant, check_families, mult_key
 
 SHIFTS = (3.0, 5.0)
 BOUNDARIES = (0.875, 0.9)
@@ -34,25 +34,29 @@ def fmt_mult(m) -> str:
     return fmt_num(m)
 
 
-def variants_for(target, base: Knobs, families=None) -> list[Variant]:
-    """The single-knob variants of one preview's baseline, in family order; no-op values are left out."""
+def variants_for(target, base: RenderSettings, families=None, aitk_version: str | None = None) -> list[Variant]:
+    """The single-knob variants of one preview's baseline, in family order; no-op values are left out.
+
+    ``aitk_version`` (from the LoRA metadata, read once by the engine) decides the quantization variant's plan.
+    """
     wanted = check_families(families)
-    return [variant for family, build in _BUILDERS if family in wanted for variant in build(target, base)]
+    return [variant for family, build in _BUILDERS if family in wanted
+            for variant in (build(target, base, aitk_version) if family == "quantization" else build(target, base))]
 
 
 def _override(family: str, name: str, description: str, meaning: str, **fields) -> Variant:
-    """A variant that overrides profile fields, carried as data on the knobs (see ``Knobs.overrides``)."""
+    """A variant that overrides profile fields, carried as data on the knobs (see ``RenderSettings.overrides``)."""
     return Variant(name, family, description, lambda k: k.with_profile_fields(**fields), meaning)
 
 
-def _has_lora(target, base: Knobs) -> bool:
-    return target.preview.lora is not None and base.lora
+def _has_lora(target, base: RenderSettings) -> bool:
+    return target.preview.lora is not None and base.use_lora
 
 
 # ----------------------------------------------------------------------------------------- one builder per family
 
 
-def _profiles(target, base: Knobs) -> list[Variant]:
+def _profiles(target, base: RenderSettings) -> list[Variant]:
     from ..render.profiles import PROFILES
 
     return [_profile_variant(p) for name, p in PROFILES.items() if name != base.profile.name]
@@ -78,14 +82,14 @@ def _profile_summary(p) -> str:
     return ", ".join(parts)
 
 
-def _shifts(target, base: Knobs) -> list[Variant]:
+def _shifts(target, base: RenderSettings) -> list[Variant]:
     p = base.sampler
     return [_override("shift", f"shift {fmt_num(v)}", f"flow shift {fmt_num(v)} instead of {fmt_num(p.shift)}",
                       f"the preview was sampled with flow shift {fmt_num(v)}, not {fmt_num(p.shift)}", shift=v)
             for v in SHIFTS if v != p.shift]
 
 
-def _boundaries(target, base: Knobs) -> list[Variant]:
+def _boundaries(target, base: RenderSettings) -> list[Variant]:
     p = base.sampler
     return [_override("boundary", f"boundary {fmt_num(v)}", f"expert switch at t >= {v * 1000:g} instead of "
                       f"{p.boundary * 1000:g}", f"the experts switched at t >= {v * 1000:g}, not {p.boundary * 1000:g} "
@@ -93,16 +97,16 @@ def _boundaries(target, base: Knobs) -> list[Variant]:
             for v in BOUNDARIES if v != p.boundary]
 
 
-def _lora_off(target, base: Knobs) -> list[Variant]:
+def _lora_off(target, base: RenderSettings) -> list[Variant]:
     if not _has_lora(target, base):
         return []
     return [Variant("LoRA off", "lora", "render without the LoRA (same as multiplier 0)",
-                    lambda k: replace(k, lora=False),
+                    lambda k: replace(k, use_lora=False),
                     "the preview was rendered without this LoRA (a wrong checkpoint pairing, the untrained "
                     "baseline, or multiplier 0)")]
 
 
-def _multipliers(target, base: Knobs) -> list[Variant]:
+def _multipliers(target, base: RenderSettings) -> list[Variant]:
     """Grid values, the recorded multiplier, one expert only or swapped experts; values equal to the baseline's go."""
     if not _has_lora(target, base):
         return []
@@ -118,7 +122,7 @@ def _multipliers(target, base: Knobs) -> list[Variant]:
     return out
 
 
-def _multiplier_candidates(base: Knobs) -> list[tuple[object, str]]:
+def _multiplier_candidates(base: RenderSettings) -> list[tuple[object, str]]:
     m, recorded = base.multiplier, base.sample.network_multiplier
     candidates = [(float(v), f"multiplier {fmt_num(v)} for both experts") for v in MULTIPLIER_GRID]
     if isinstance(m, dict):
@@ -132,7 +136,7 @@ def _multiplier_candidates(base: Knobs) -> list[tuple[object, str]]:
     return candidates
 
 
-def _merge(target, base: Knobs) -> list[Variant]:
+def _merge(target, base: RenderSettings) -> list[Variant]:
     if not _has_lora(target, base):
         return []
     path, now = ("unmerged", "merged") if base.merged else ("merged", "unmerged")
@@ -142,7 +146,7 @@ def _merge(target, base: Knobs) -> list[Variant]:
                     "decision assumed (one multiplier for the round, no quantization => merged)")]
 
 
-def _posterior(target, base: Knobs) -> list[Variant]:
+def _posterior(target, base: RenderSettings) -> list[Variant]:
     p = base.sampler
     other = "mode" if p.posterior == "sample" else "sample"
     why = " (stock diffusers)" if other == "mode" else " (ai-toolkit's seeded sample)"
@@ -150,7 +154,7 @@ def _posterior(target, base: Knobs) -> list[Variant]:
                       f"the first-frame latent was the VAE posterior {other}{why}", posterior=other)]
 
 
-def _dtype(target, base: Knobs) -> list[Variant]:
+def _dtype(target, base: RenderSettings) -> list[Variant]:
     if base.sampler.cast_whole_bf16:
         return [_override("dtype", "fp32-kept modules", "transformer loaded with diffusers' fp32-kept modules "
                           "(no whole-model bf16 cast)", "the transformer kept diffusers' fp32 modules (norms, "
@@ -160,7 +164,7 @@ def _dtype(target, base: Knobs) -> list[Variant]:
                       cast_whole_bf16=True)]
 
 
-def _seeds(target, base: Knobs) -> list[Variant]:
+def _seeds(target, base: RenderSettings) -> list[Variant]:
     """Seed +-1 and +-sample index: the usual walk_seed and per-item seed mistakes."""
     s = base.sample
     offsets = [(-1, "seed - 1"), (1, "seed + 1")]
@@ -180,7 +184,7 @@ def _seeds(target, base: Knobs) -> list[Variant]:
     return out
 
 
-def _negatives(target, base: Knobs) -> list[Variant]:
+def _negatives(target, base: RenderSettings) -> list[Variant]:
     """Only with CFG: without it the negative prompt is never encoded."""
     s = base.sample
     if s.guidance_scale <= 1.0:
@@ -195,27 +199,23 @@ def _negatives(target, base: Knobs) -> list[Variant]:
             if neg != s.negative_prompt]
 
 
-def _quantization(target, base: Knobs) -> list[Variant]:
+def _quantization(target, base: RenderSettings, aitk_version: str | None) -> list[Variant]:
     """bf16 vs the job's quantization: "previews were quantized, inference isn't" is a top real drift cause."""
     from ..render.quant import quantization_plan
-    from ..runner import aitk_version, quantization_for
 
-    try:
-        job_plan = quantization_for(target)
-    except HarnessError:
-        return []
+    job_plan = base.quantization
     if job_plan is not None:
         return [Variant("bf16 (no quantization)", "quantization", "unquantized bf16 transformer and text encoder",
                         lambda k: replace(k, quantization=None),
                         "the preview was rendered on an unquantized bf16 model, not the job's "
                         f"{job_plan.describe().get('transformer', 'quantized')} one")]
-    qfloat8 = quantization_plan({"quantize": True, "quantize_te": True, "qtype": "qfloat8"}, aitk_version(target))
+    qfloat8 = quantization_plan({"quantize": True, "quantize_te": True, "qtype": "qfloat8"}, aitk_version)
     return [Variant("qfloat8 (UI default)", "quantization", "transformer and text encoder quantized to qfloat8",
                     lambda k: replace(k, quantization=qfloat8),
                     "the preview was rendered on a qfloat8-quantized model (ai-toolkit's UI default `quantize: true`)")]
 
 
-def _resize(target, base: Knobs) -> list[Variant]:
+def _resize(target, base: RenderSettings) -> list[Variant]:
     if base.resize == "stretch":
         return [Variant("centre crop", "resize", "control image centre-cropped to the aspect, then LANCZOS",
                         lambda k: replace(k, resize="center-crop"),

@@ -1,0 +1,313 @@
+"""The render engine: one preview's settings in, frames and how they were made out.
+
+``Engine.baseline(target)`` decides everything ai-toolkit decided for a preview (device, profile, quantization,
+multiplier, merge path) once, as one frozen :class:`RenderSettings`; ``Engine.render(target, settings)`` renders it
+and returns a :class:`RenderOutcome` that carries those decisions, so nothing downstream recomputes them. The drift
+diagnosis renders variants as ``dataclasses.replace(settings, ...)``.
+
+The engine keeps what a run reuses: loaded models (a :class:`~harness.render.models.ModelCache`, injected so two
+engines may share one), parsed LoRAs (:class:`LoraCache`), prompt embeddings and the LoRA metadata it has read.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from .errors import HarnessError
+from .options import RunOptions
+from .paths import resolve_ctrl_img, resolve_model, resolve_vae
+from .spec import PreviewTarget
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    """Everything that may change one render; :meth:`Engine.baseline` gives what ai-toolkit used.
+
+    ``profile`` stays a named profile and ``overrides`` holds the profile fields a variant changes on top of it, so
+    what changed is read from data, never parsed back out of a profile name.
+    """
+
+    profile: object  # harness.render.profiles.SamplerProfile, a named one
+    sample: object  # harness.spec.SampleSpec (seed, negative prompt, size, steps)
+    multiplier: object  # float or {"high": m, "low": m}
+    use_lora: bool  # whether the preview's LoRA is applied at all
+    merged: bool  # ai-toolkit's merged path (§8.2) or the unmerged one
+    quantization: object = None  # harness.render.quant.QuantPlan, or None (bf16 experts)
+    resize: str = "stretch"  # how the control image is fitted (ai-toolkit stretches)
+    overrides: tuple = ()  # ((field, value), ...) of ``profile`` changed by a variant
+    profile_why: str = field(default="", compare=False)  # how the profile was chosen (a note, not a knob)
+
+    @property
+    def sampler(self):
+        """The profile the render follows: ``profile`` with ``overrides`` applied."""
+        from .render.profiles import with_overrides
+
+        return with_overrides(self.profile, **dict(self.overrides))
+
+    def with_profile_fields(self, **fields) -> "RenderSettings":
+        """These settings with some profile fields overridden (the shift, boundary, posterior, dtype variants)."""
+        return replace(self, overrides=tuple({**dict(self.overrides), **fields}.items()))
+
+
+@dataclass
+class RenderOutcome:
+    """One render and every decision behind it (what the result records)."""
+
+    frames: np.ndarray  # uint8 (F, H, W, 3)
+    trace: list  # per denoising step: (timestep, expert, ...)
+    settings: RenderSettings
+    device: str
+    offload: str
+    notes: list[str]  # how inputs were found: base model, VAE, control image, profile choice
+    approximate: list[str]  # reasons this render cannot claim bit-exactness, said up front
+    stack: object  # harness.stack.StackMatch: this stack against the golden's
+    pinned: dict | None  # the CPU caps this process runs under
+    seconds: float
+
+    @property
+    def profile(self):
+        return self.settings.sampler
+
+
+def resolve_device(name: str) -> str:
+    """A device name checked against what torch sees (HarnessError with the fix otherwise)."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name != "cpu" and name != "cuda" and not re.fullmatch(r"cuda:\d+", name):
+        raise HarnessError(None, "--device", f"unknown device {name!r}; use cpu, cuda, cuda:N or auto")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise HarnessError(None, "--device", f"{name} requested but no CUDA device is visible (torch "
+                           f"{torch.__version__}, CUDA build {torch.version.cuda or 'none'}); use --device cpu, or "
+                           "check CUDA_VISIBLE_DEVICES and the driver")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise HarnessError(None, "--device", f"{name} requested but only {torch.cuda.device_count()} CUDA device(s) "
+                           "are visible; use cuda:0 .. cuda:N-1")
+    return name
+
+
+def set_threads(threads: int | None, device: str) -> int:
+    """CPU results depend on the thread count (the oracle used 2), so CPU runs default to 2 and record it."""
+    import torch
+
+    if threads is None and device == "cpu":
+        threads = 2
+    if threads is not None:
+        if threads < 1:
+            raise HarnessError(None, "--threads", "must be at least 1")
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+def torch_device_type(device) -> str:
+    return str(device).split(":")[0]
+
+
+class LoraCache:
+    """The parsed layers of the last few LoRA files, least recently used evicted first.
+
+    Keyed by path and modification time, so a checkpoint rewritten during a run is read again. A preview uses two
+    files (high and low noise) and runs are ordered by LoRA, so four entries keep a job's files read once each.
+    """
+
+    def __init__(self, size: int = 4, reader=None):
+        self.size = size
+        self.reader = reader
+        self._entries: "OrderedDict[tuple[str, int], dict]" = OrderedDict()
+
+    def get(self, path: Path) -> dict:
+        key = (str(path), path.stat().st_mtime_ns)
+        if key in self._entries:
+            self._entries.move_to_end(key)
+            return self._entries[key]
+        reader = self.reader
+        if reader is None:
+            from .render.lora import read_lora_file as reader
+        self._entries[key] = reader(path)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+        return self._entries[key]
+
+
+class Engine:
+    """Holds loaded models, parsed LoRAs, prompt embeddings and LoRA metadata for the whole run."""
+
+    def __init__(self, options: RunOptions, progress=None, models=None):
+        from .render.models import ModelCache
+        from .render.text import PromptCache
+
+        self.options = options
+        self.device = resolve_device(options.device)
+        self.threads = set_threads(options.threads, "cpu" if options.device in ("cpu", "auto") else self.device)
+        self.models = models if models is not None else ModelCache()
+        self.prompts = PromptCache()
+        self.loras = LoraCache()
+        self.progress = progress
+        self._stacks: dict[str, dict] = {}
+        self._versions: dict[str, str | None] = {}
+
+    # ------------------------------------------------------------------ this machine
+
+    def environment(self) -> dict:
+        from .environment import fingerprint
+
+        return fingerprint(self.device)
+
+    def stack_here(self, device: str) -> dict:
+        """This process's stack for ``device`` (threads as set now: the case's count applies per render)."""
+        import torch
+
+        from .stack import fingerprint
+
+        if device not in self._stacks:
+            self._stacks[device] = fingerprint(device)
+        return {**self._stacks[device], "threads": torch.get_num_threads()}
+
+    def stack_match(self, target: PreviewTarget):
+        """Whether this stack can reproduce the golden's bits (``require_bit_exact: auto`` follows it)."""
+        from .stack import compare_stacks
+
+        return compare_stacks(target.golden_stack, self.stack_here(self.device_for(target)))
+
+    def device_for(self, target: PreviewTarget) -> str:
+        """An explicit --device wins; else the case's preference (CPU goldens need CPU renders); else auto."""
+        if self.options.device != "auto" or target.device == "auto":
+            return self.device
+        try:
+            return resolve_device(target.device)
+        except HarnessError as exc:
+            raise HarnessError(target.config_file, "device", exc.message) from None
+
+    # ------------------------------------------------------------------ what ai-toolkit decided
+
+    def aitk_version(self, target: PreviewTarget) -> str | None:
+        """The ai-toolkit version in the preview's LoRA metadata (``software``), read once per file."""
+        from .aitk.outputs import lora_software_version
+
+        lora = target.preview.lora
+        for path in (lora.high, lora.low) if lora is not None else ():
+            if path is not None and Path(path).is_file():
+                if str(path) not in self._versions:
+                    self._versions[str(path)] = lora_software_version(path)
+                return self._versions[str(path)]
+        return None
+
+    def choose_profile(self, target: PreviewTarget):
+        """(profile, why): by name, or ``auto`` from the ai-toolkit version in the LoRA metadata (§7.1)."""
+        from .render.profiles import get_profile, profile_for_aitk_version
+
+        name = self.options.profile or target.profile or "auto"
+        if name != "auto":
+            return get_profile(name), f"profile {name} chosen explicitly"
+        return profile_for_aitk_version(self.aitk_version(target))
+
+    def profile_is_auto(self, target: PreviewTarget) -> bool:
+        return (self.options.profile or target.profile or "auto") == "auto"
+
+    def baseline(self, target: PreviewTarget) -> RenderSettings:
+        """The settings ai-toolkit rendered this preview with; HarnessError for what cannot be reproduced."""
+        from .render.quant import quantization_plan
+
+        profile, why = self.choose_profile(target)
+        preview = target.preview
+        plan = quantization_plan(target.model_block, self.aitk_version(target), ara_path=self.options.ara)
+        return RenderSettings(profile=profile, sample=preview.sample, multiplier=preview.multiplier, use_lora=True,
+                              merged=preview.merged, quantization=plan, profile_why=why)
+
+    def approximations(self, target: PreviewTarget, settings: RenderSettings, device: str) -> list[str]:
+        """Reasons this render cannot claim bit-exactness, said up front rather than discovered as drift."""
+        notes = list(target.known_gaps)
+        if settings.quantization is not None:
+            notes += list(settings.quantization.approximate)
+        if (target.model_block or {}).get("layer_offloading"):  # with quantization on, the plan refused the job
+            notes.append("the job used layer_offloading (ai-toolkit's MemoryManager streams layers); assumed to change "
+                         "no pixels (UNVERIFIED)")
+        if target.rng_layout == "cuda" and torch_device_type(device) == "cpu":
+            notes.append("ai-toolkit drew the first-frame posterior noise from the CUDA generator; a CPU render draws "
+                         "it from the CPU stream instead")
+        elif target.rng_layout == "cpu" and torch_device_type(device) != "cpu":
+            notes.append("the golden was rendered on CPU; CUDA kernels differ from CPU ones in the last bits")
+        if not settings.sampler.exact:
+            notes.append(f"profile {settings.sampler.name} is a diagnosis profile, not ai-toolkit's sampler")
+        return notes
+
+    # ------------------------------------------------------------------ rendering
+
+    def lora_layers(self, target: PreviewTarget) -> tuple[dict, dict]:
+        """Per expert side: the LoRA file and its parsed layers (from the cache)."""
+        paths, layers = {}, {}
+        lora = target.preview.lora
+        for side in ("high", "low") if lora is not None else ():
+            path = getattr(lora, side)
+            if path is not None:
+                paths[side], layers[side] = Path(path), self.loras.get(Path(path))
+        return paths, layers
+
+    def control_image_path(self, target: PreviewTarget, sample) -> tuple[Path, str | None]:
+        return resolve_ctrl_img(sample.ctrl_img, target.path_map, target.search_dirs, file=target.config_file,
+                                field=f"sample.samples[{sample.index}].ctrl_img")
+
+    def render(self, target: PreviewTarget, settings: RenderSettings | None = None) -> RenderOutcome:
+        """Render one preview under ``settings`` (default: :meth:`baseline`)."""
+        from .render import lora as lora_mod
+        from .render.conditioning import load_control_image
+        from .render.pipeline import render_sample
+        from .stack import pinned_env
+
+        started = time.perf_counter()
+        settings = settings or self.baseline(target)
+        if target.threads and self.options.threads is None:  # the case's thread count unless --threads says otherwise
+            import torch
+
+            torch.set_num_threads(target.threads)
+        device = self.device_for(target)
+        bundle, notes = self._bundle(target, settings, device)
+        sample = settings.sample
+        ctrl, ctrl_note = self.control_image_path(target, sample)
+        notes += [settings.profile_why] + ([ctrl_note] if ctrl_note else [])
+        try:
+            image = load_control_image(ctrl, sample.width, sample.height, resize=settings.resize)
+        except (OSError, ValueError) as exc:
+            raise HarnessError(ctrl, f"sample.samples[{sample.index}].ctrl_img", f"not a readable image ({exc})") from None
+        paths, layers = self.lora_layers(target) if settings.use_lora else ({}, {})
+        with lora_mod.applied(paths, layers, bundle.experts, settings.multiplier, merged=settings.merged,
+                              compute_device=bundle.device):
+            render = render_sample(bundle, sample, image, settings.sampler, self.prompts, progress=self.progress,
+                                   rng_layout=_rng_layout(target, bundle.device))
+        return RenderOutcome(frames=render.frames, trace=[list(t) for t in render.trace], settings=settings,
+                             device=device, offload=self.options.offload, notes=[n for n in notes if n],
+                             approximate=self.approximations(target, settings, device),
+                             stack=self.stack_match(target), pinned=pinned_env() or None,
+                             seconds=round(time.perf_counter() - started, 3))
+
+    def _bundle(self, target: PreviewTarget, settings: RenderSettings, device: str):
+        """The loaded models for a target under ``settings`` (dtype rule, quantization), and how they were found."""
+        base, base_note = resolve_model(target.model_name, target.path_map, self.options.base_model,
+                                        file=target.config_file)
+        vae_override = self.options.vae or target.vae
+        if vae_override:
+            vae, vae_note = Path(vae_override), f"VAE from {vae_override}"
+        else:
+            vae, vae_note = resolve_vae(base)
+        bundle = self.models.get(base, vae, device, cast_whole_bf16=settings.sampler.cast_whole_bf16,
+                                 quantization=settings.quantization, offload=self.options.offload)
+        return bundle, [n for n in (base_note, vae_note) if n]
+
+
+def _rng_layout(target: PreviewTarget, device) -> str:
+    """ai-toolkit's RNG layout; a CUDA-rendered preview re-rendered on CPU can only approximate the posterior."""
+    return "cpu" if target.rng_layout == "cpu" or torch_device_type(device) == "cpu" else "cuda"
+
+
+def profile_settings(profile) -> dict:
+    """The profile's knobs as data, so a report never has to guess what a profile name meant."""
+    from dataclasses import asdict
+
+    return {k: v for k, v in asdict(profile).items() if k not in ("name", "description")}
