@@ -10,7 +10,7 @@ PSNR of identical frames is ``math.inf``; in JSON it follows :mod:`harness.numbe
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 from skimage.metrics import structural_similarity
@@ -44,13 +44,18 @@ class Comparison:
 
     @classmethod
     def from_json(cls, data: dict) -> "Comparison":
-        """The inverse of :meth:`to_json` (a results file read back)."""
-        floats = ("psnr_mean", "psnr_min", "ssim_mean", "ssim_min")
-        return cls(golden_shape=tuple(data.get("golden_shape") or ()), render_shape=tuple(data.get("render_shape") or ()),
-                   mismatch=data.get("mismatch"), psnr=from_json_list(data.get("psnr")),
-                   ssim=from_json_list(data.get("ssim")), **{k: from_json(data.get(k)) for k in floats},
-                   worst_frame=data.get("worst_frame"), bit_exact=data.get("bit_exact"),
-                   max_abs_diff=data.get("max_abs_diff"), differing_pixels=data.get("differing_pixels"))
+        """The inverse of :meth:`to_json` (a results file read back); a new field needs no code here."""
+        values = {}
+        for f in fields(cls):
+            value = data.get(f.name)
+            if f.type.startswith("tuple"):
+                value = tuple(value or ())
+            elif f.type.startswith("list[float]"):
+                value = from_json_list(value)
+            elif f.type.startswith("float"):
+                value = from_json(value)
+            values[f.name] = value
+        return cls(**values)
 
 
 def _check(arr, name: str) -> np.ndarray:
