@@ -103,3 +103,46 @@ def select(targets: list[PreviewTarget], steps: set[int] | None, samples: set[in
     """The ``--steps``/``--samples`` filters."""
     return [t for t in targets
             if (steps is None or t.preview.step in steps) and (samples is None or t.preview.index in samples)]
+
+
+def parse_shard(text: str | None, flag: str = "--shard") -> tuple[int, int] | None:
+    """``I/N`` (1-based, as a CI matrix counts) as (I, N); None when not given."""
+    if not text:
+        return None
+    try:
+        index, count = (int(part) for part in str(text).split("/"))
+    except ValueError:
+        raise HarnessError(None, flag, f"{text!r} is not I/N (e.g. 1/4)") from None
+    if count < 1 or not 1 <= index <= count:
+        raise HarnessError(None, flag, f"{text!r}: need 1 <= I <= N (e.g. 1/4 .. 4/4)")
+    return index, count
+
+
+def shard_group(target: PreviewTarget) -> tuple:
+    """Previews that share loaded weights (one base model, one LoRA pair) stay in one shard.
+
+    Built from names, not absolute paths, so every machine of a matrix computes the same groups.
+    """
+    lora = target.preview.lora
+    files = () if lora is None else tuple(Path(p).name if p else "" for p in (lora.high, lora.low))
+    return (target.model_name, target.preview.case, files)
+
+
+def shard(targets: list[PreviewTarget], index: int, count: int) -> list[PreviewTarget]:
+    """Shard ``index`` of ``count`` (1-based): whole groups, balanced by preview count, the same on every machine.
+
+    Groups are dealt largest first (ties by group key) to the shard with the fewest previews so far (ties: lowest
+    number), so the split depends only on the selected previews: every shard must be given the same targets and
+    filters. The union of all shards is the selection, each preview exactly once.
+    """
+    groups: dict[tuple, list[PreviewTarget]] = {}
+    for target in targets:
+        groups.setdefault(shard_group(target), []).append(target)
+    loads = [0] * count
+    mine: set[tuple] = set()
+    for key in sorted(groups, key=lambda k: (-len(groups[k]), repr(k))):
+        chosen = min(range(count), key=lambda i: (loads[i], i))
+        loads[chosen] += len(groups[key])
+        if chosen == index - 1:
+            mine.add(key)
+    return [t for t in targets if shard_group(t) in mine]
