@@ -158,19 +158,35 @@ def cmd_run(args) -> int:
     from .fsutil import write_json_atomic
     from .result import exit_code, results_document
 
+    from .console import preview_progress, print_errors, print_results
+    from .runner import run_targets
+
     options, targets = _options_and_targets(args, save_frames=args.save_frames, resume=args.resume)
-    environment, results = run_with_progress(targets, options)
+    with preview_progress(len(targets)) as (on_result, on_step):
+        environment, results = run_targets(targets, options, on_result=on_result, progress=on_step)
     document = results_document(environment, results)
     write_json_atomic(args.out / "results.json", document)
     if args.json:
         write_json_atomic(args.json, document)
     if not args.no_report:
         _write_report(document, args.out)
-    print_table(results)
-    for result in results:
-        if result.status == "error":
-            print(f"error: {result.message}", file=sys.stderr)
+    print_results(results, diagnose_options=_diagnose_options(args))
+    print_errors(results)
     return exit_code(results)
+
+
+def _diagnose_options(args) -> str:
+    """The run's options that ``diagnose`` needs to find the same files and stack (for the printed next command)."""
+    import shlex
+
+    parts = [f" --path-map {shlex.quote(m)}" for m in args.path_map]
+    for flag in ("base_model", "vae", "ara", "golden_stack", "threads", "profile"):
+        value = getattr(args, flag, None)
+        if value is not None:
+            parts.append(f" --{flag.replace('_', '-')} {shlex.quote(str(value))}")
+    if args.device != "auto":
+        parts.append(f" --device {shlex.quote(args.device)}")
+    return "".join(parts)
 
 
 def _check_writable(out: Path) -> None:
@@ -190,42 +206,6 @@ def _write_report(document: dict, out: Path) -> None:
         return
     path = write_report(document, out)
     print(f"report: {path}", file=sys.stderr)
-
-
-def run_with_progress(targets, options):
-    """Progress bars on stderr: previews overall and denoising steps of the current one."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from .runner import run_targets
-
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, transient=True, redirect_stdout=False) as bars:
-        overall = bars.add_task("previews", total=len(targets))
-        steps = bars.add_task("denoise", total=None)
-
-        def on_step():
-            bars.advance(steps)
-
-        def on_result(result):
-            bars.advance(overall)
-            bars.reset(steps)
-
-        return run_targets(targets, options, on_result=on_result, progress=on_step)
-
-
-def print_table(results) -> None:
-    from rich.console import Console
-
-    from .numbers import fmt_db
-    from rich.table import Table
-
-    table = Table(title="wan-parity results")
-    for col in ("preview", "status", "bit-exact", "PSNR min", "SSIM min", "message"):
-        table.add_column(col)
-    for r in results:
-        table.add_row(r.key, r.status, "yes" if r.bit_exact else "no", fmt_db(r.psnr_min, 3, "-"),
-                      fmt_db(r.ssim_min, 3, "-"), (r.message or "")[:120])
-    Console(stderr=False).print(table)
 
 
 def cmd_import(args) -> int:

@@ -282,21 +282,14 @@ class BrokenCase(pytest.Item):
 
 
 def _failure_line(result, out: Path) -> str:
-    """One line for a failed item: the rule that failed, the numbers, the profile, where the report is."""
+    """One line for a failed item: the numbers and the rule that failed them, the profile, where the report is."""
     from .numbers import fmt_db
 
     if result.status == "error":
         return f"error: {result.message}"
-    if result.require_bit_exact is True:
-        rule = "bit-exact required" + (" (the stacks match)" if result.exact_expected else "")
-    else:
-        limits = result.thresholds
-        rule = f"below thresholds (PSNR {limits.psnr_min} dB, SSIM {limits.ssim_min})"
-        rule += f"; {result.stack_reason}" if result.stack_reason else ""
     raw_min = result.raw.psnr_min if result.raw is not None else None
-    return (f"{result.key}: drift, {rule}: encoded PSNR min {fmt_db(result.psnr_min)} dB (mean "
-            f"{fmt_db(result.psnr_mean)}), SSIM min {fmt_db(result.ssim_min, 4)}; raw PSNR min "
-            f"{fmt_db(raw_min)} dB; profile {result.profile}; report: {out / 'report.html'}")
+    return (f"{result.key}: drift: {result.message}; raw PSNR min {fmt_db(raw_min)} dB; profile {result.profile}; "
+            f"report: {out / 'report.html'}; next: {result.diagnose_command()}")
 
 
 def pytest_sessionstart(session):

@@ -35,6 +35,7 @@ class PreviewResult:
     golden: str | None = None
     golden_raw: str | None = None
     label_note: str | None = None
+    source: str | None = None  # the case file, output folder or request this preview came from
     # the sample as ai-toolkit rendered it (effective values; *_requested as the config asked)
     seed: int | None = None
     prompt: str = ""
@@ -113,6 +114,22 @@ class PreviewResult:
     def require_bit_exact(self):
         return None if self.thresholds is None else self.thresholds.require_bit_exact
 
+    def rule(self) -> str:
+        """The pass rule this result was judged by, in words (named in every failure message)."""
+        t = self.thresholds
+        if t is None:
+            return ""
+        if t.require_bit_exact is True:
+            return "bit-exact required" + (" (the stacks match)" if self.exact_expected else "")
+        return f"thresholds PSNR >= {t.psnr_min:g} dB, SSIM >= {t.ssim_min:g}"
+
+    def diagnose_command(self, options: str = "") -> str:
+        """The command that explains this preview's drift (printed on every failure); ``options`` as the run had."""
+        import shlex
+
+        return (f"wan-parity diagnose {shlex.quote(self.source or '<case>')}{options} --steps {self.step} "
+                f"--samples {self.index}")
+
     def view(self, name: str) -> Comparison | None:
         """One comparison view by name (``encoded``, ``raw``, ``raw_golden``)."""
         return getattr(self, name)
@@ -168,6 +185,13 @@ def summarize(results: list[PreviewResult]) -> dict:
     for r in results:
         counts[r.status] = counts.get(r.status, 0) + 1
     return {"total": len(results), **counts, "bit_exact": sum(1 for r in results if r.bit_exact)}
+
+
+def summary_line(results: list[PreviewResult]) -> str:
+    """``N passed, M failed, K unreproducible, E errors (B bit-exact)``: the last line a CI log needs."""
+    counts = summarize(results)
+    words = (("pass", "passed"), ("fail", "failed"), ("unreproducible", "unreproducible"), ("error", "errors"))
+    return ", ".join(f"{counts.get(status, 0)} {word}" for status, word in words) + f" ({counts['bit_exact']} bit-exact)"
 
 
 def exit_code(results: list[PreviewResult]) -> int:

@@ -34,6 +34,7 @@ def base_result(target: PreviewTarget) -> PreviewResult:
     return PreviewResult(
         key=target.key, case=p.case, step=p.step, index=p.index, golden=str(p.golden) if p.golden else None,
         golden_raw=str(p.golden_raw) if p.golden_raw else None, label_note=p.label_note or None,
+        source=str(target.source) if target.source else None,
         seed=s.seed, prompt=s.prompt, negative_prompt=s.negative_prompt, width=s.width, height=s.height,
         width_requested=s.width_requested, height_requested=s.height_requested, num_frames=s.num_frames,
         num_frames_requested=s.num_frames_requested, fps=s.fps, guidance_scale=s.guidance_scale,
@@ -132,10 +133,12 @@ def _write_render(result: PreviewResult, target: PreviewTarget, outcome: RenderO
 
 
 def _describe(result: PreviewResult) -> str:
+    """The result's one line: exact, or the rounded numbers and the rule that passed or failed them."""
     if result.bit_exact:
         return "bit-exact with the golden preview"
-    return (f"encoded PSNR min {fmt_db(result.psnr_min, 3)} dB, SSIM min {fmt_db(result.ssim_min, 3)} "
-            f"(worst frame {result.worst_frame})")
+    verdict = "passes" if result.status == "pass" else "fails"
+    return (f"encoded PSNR min {fmt_db(result.psnr_min)} dB, SSIM min {fmt_db(result.ssim_min, 4)} (worst frame "
+            f"{result.worst_frame}); {verdict} {result.rule()}")
 
 
 def _error_line(exc: HarnessError, target: PreviewTarget) -> str:

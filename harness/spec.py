@@ -88,6 +88,7 @@ class PreviewTarget:
     rng_layout: str = "cuda"  # the device type ai-toolkit rendered on (job config `device`): decides the RNG layout
     known_gaps: list[str] = field(default_factory=list)  # job-level reasons exactness is impossible
     golden_stack: dict | None = None  # the stack that rendered the golden (harness.stack); None = unknown
+    source: Path | None = None  # what to point `wan-parity run`/`diagnose` at for this preview again
 
     @property
     def key(self) -> str:

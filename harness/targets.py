@@ -25,7 +25,7 @@ def from_output_dir(output_dir: Path, path_map: PathMap | None = None) -> list[P
         PreviewTarget(preview=p, model_name=str(job.model.get("name_or_path", "")), config_file=config,
                       search_dirs=[Path(output_dir)], path_map=path_map or PathMap(), model_block=job.model,
                       rng_layout=job.render_device, known_gaps=_gaps(job), golden_stack=golden_stack,
-                      threads=(golden_stack or {}).get("threads"))
+                      threads=(golden_stack or {}).get("threads"), source=Path(output_dir))
         for p in discover(output_dir, job)
     ]
 
@@ -52,7 +52,7 @@ def from_case(case_file: Path, path_map: PathMap | None = None) -> list[PreviewT
                       profile=case.profile, thresholds=thresholds, path_map=combined, model_block=job.model,
                       threads=case.threads or (case.golden_stack or {}).get("threads"), vae=case.vae_path(),
                       device=case.device, rng_layout=job.render_device, known_gaps=_gaps(job),
-                      golden_stack=case.golden_stack)
+                      golden_stack=case.golden_stack, source=Path(case_file))
         for p in case.preview_jobs(path_map)
     ]
 
@@ -63,7 +63,7 @@ def from_runcomfy(request: Path, path_map: PathMap | None = None, cache_dir: Pat
 
     return [
         PreviewTarget(preview=p, model_name="", config_file=Path(request), search_dirs=[Path(request).parent],
-                      profile=p.extra.get("profile", "runcomfy"), path_map=path_map or PathMap())
+                      profile=p.extra.get("profile", "runcomfy"), path_map=path_map or PathMap(), source=Path(request))
         for p in load_request(request, path_map=path_map, cache_dir=cache_dir)
     ]
 

@@ -19,7 +19,7 @@ import pytest
 import torch
 import yaml
 
-from harness import cli
+from harness import cli, console
 from harness.cli import main
 from harness.demo import DEMO_CASE
 from harness.demo_model import aitk_metadata, write_aitk_lora
@@ -68,7 +68,7 @@ def never_render(monkeypatch, tmp_path):
     monkeypatch.setattr(models, "load_bundle", refuse)
     # Speed only (a few hundred runs): durability has its own tests, and the results table is not under test.
     monkeypatch.setattr(os, "fsync", lambda fd: None)
-    monkeypatch.setattr(cli, "print_table", lambda results: None)
+    monkeypatch.setattr(console, "print_results", lambda results, **kwargs: None)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
 
