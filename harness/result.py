@@ -162,6 +162,9 @@ class PreviewResult:
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
         try:
+            for name in ("encoded", "raw", "raw_golden", "thresholds"):
+                if values.get(name) is not None and not isinstance(values[name], dict):
+                    raise TypeError(f"{name} is {type(values[name]).__name__}, not an object")
             for name in ("encoded", "raw", "raw_golden"):
                 if isinstance(values.get(name), dict):
                     values[name] = Comparison.from_json(values[name])

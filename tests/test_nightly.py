@@ -12,25 +12,34 @@ from pathlib import Path
 import pytest
 
 from harness.errors import HarnessError
+from harness.metrics import Comparison
+from harness.numbers import from_json
 from harness.report import (attach_baseline, build_report, compare_to_baseline, regression_count, report_main,
                             write_report)
-from harness.report.baseline import as_psnr, classify
+from harness.report.baseline import classify
+from harness.result import SCHEMA_VERSION, PreviewResult
 
 HOSTILE = "<script>alert('nightly')</script>"
 ENV = {"harness": "0.1.0", "torch": "2.14.1", "device": "cuda:0", "gpu": "NVIDIA H100"}
 
 
-def res(key: str, status: str | None = "pass", psnr=None, bit_exact=None, **extra) -> dict:
-    r = {"key": key, "case": key.split("::")[0], "step": 0, "index": 0, "status": status, "psnr_min": psnr,
-         "ssim_min": None if psnr is None else 0.95, "golden": None, "message": None}
-    if bit_exact is not None:
-        r["bit_exact"] = bit_exact
-    r.update(extra)
-    return r
+def res(key: str, status: str | None = "pass", psnr=None, bit_exact=None, **extra) -> PreviewResult:
+    """One preview's result; with ``psnr`` (the encoded PSNR min, as results JSON writes it) it was compared, and
+    is bit-exact when told so or, as compare_clips decides it, when every frame is identical (∞)."""
+    encoded = None
+    if psnr is not None:
+        psnr_min = from_json(psnr)
+        exact = math.isinf(psnr_min) if bit_exact is None else bit_exact
+        encoded = Comparison(golden_shape=(5, 32, 48, 3), render_shape=(5, 32, 48, 3), psnr_min=psnr_min,
+                             psnr_mean=psnr_min, ssim_min=1.0 if exact else 0.95, ssim_mean=1.0 if exact else 0.97,
+                             bit_exact=exact)
+    return PreviewResult(key=key, case=key.split("::")[0], step=0, index=0, status=status, encoded=encoded, **extra)
 
 
-def doc(results: list[dict], env: dict | None = None) -> dict:
-    return {"schema_version": 1, "environment": dict(env or ENV), "summary": {}, "results": results}
+def doc(results: list, env: dict | None = None) -> dict:
+    """A results document; typed results are written as the runner writes them, dicts as they are."""
+    return {"schema_version": SCHEMA_VERSION, "environment": dict(env or ENV), "summary": {},
+            "results": [r.to_json() if isinstance(r, PreviewResult) else r for r in results]}
 
 
 # --------------------------------------------------------------------------- categories
@@ -111,15 +120,33 @@ def test_threshold_is_configurable_and_validated():
             compare_to_baseline(doc([after]), doc([before]), psnr_drop_db=bad)
 
 
-@pytest.mark.parametrize("text,value", [("inf", math.inf), ("Infinity", math.inf), ("-inf", -math.inf),
-                                        (float("inf"), math.inf), (31.5, 31.5), ("31.5", 31.5), (None, None),
-                                        (True, None), ("n/a", None), (float("nan"), None), ([1], None)])
-def test_psnr_values_as_in_results_json(text, value):
-    assert as_psnr(text) == value
+@pytest.mark.parametrize("written,value", [("inf", math.inf), ("-inf", -math.inf), (31.5, 31.5), (31, 31.0),
+                                           (None, None)])
+def test_psnr_values_as_in_results_json(written, value):
+    """PSNR is read as results JSON writes it (harness.numbers): a number, "inf", or null when not computed."""
+    r = PreviewResult.from_json({"key": "k::0::0", "status": "pass", "encoded": {"psnr_min": written}})
+    assert r.psnr_min == value
+
+
+@pytest.mark.parametrize("junk", ["Infinity", "∞", "31.5", "n/a", True, [1]])
+def test_psnr_written_any_other_way_is_a_corrupt_results_file(tmp_path, junk):
+    """One convention for ∞ (harness.numbers): anything else is a one-line error naming the file, not a guess."""
+    bad = _write(tmp_path, "odd.json", doc([{"key": "k::0::0", "status": "pass", "encoded": {"psnr_min": junk}}]))
+    with pytest.raises(HarnessError, match=r"odd\.json: results\[k::0::0\]: corrupt comparison"):
+        build_report([bad], tmp_path / "out")
+    _, s1, _, _ = _nightly_files(tmp_path)
+    with pytest.raises(HarnessError, match=r"odd\.json: results\[k::0::0\]: corrupt comparison"):
+        build_report([s1], tmp_path / "out", baseline=bad)
+
+
+def test_a_view_that_is_not_an_object_is_a_corrupt_results_file(tmp_path):
+    bad = _write(tmp_path, "odd.json", doc([{"key": "k::0::0", "status": "pass", "encoded": "bit-exact"}]))
+    with pytest.raises(HarnessError, match=r"odd\.json: results\[k::0::0\]: corrupt comparison \(encoded is str"):
+        build_report([bad], tmp_path / "out")
 
 
 def test_infinity_handling():
-    # ∞ → finite without a bit_exact field: derived from the PSNR, one reason (no duplicate "fell ∞ → x")
+    # ∞ → finite: one reason (no duplicate "fell ∞ → x")
     e = classify(res("k", "pass", 44.0), res("k", "pass", "inf"))
     assert e["category"] == "regression" and len(e["reasons"]) == 1 and "lost bit-exactness" in e["reasons"][0]
     assert e["baseline_psnr_min"] == "inf" and e["psnr_delta"] == "-inf"
@@ -127,12 +154,12 @@ def test_infinity_handling():
     e = classify(res("k", "pass", "inf"), res("k", "pass", 44.0))
     assert e["category"] == "improvement" and e["psnr_delta"] == "inf"
     # ∞ → ∞: no delta at all (inf − inf is not a number)
-    e = classify(res("k", "pass", "inf"), res("k", "pass", "Infinity"))
+    e = classify(res("k", "pass", "inf"), res("k", "pass", math.inf))
     assert e["category"] == "unchanged" and e["psnr_delta"] is None
 
 
 def test_missing_fields_and_keys_are_tolerated():
-    now = doc([{"key": "a::0::0"}, {"status": "fail", "psnr_min": 20.0}, "not a dict", res("b::0::0", None)])
+    now = doc([{"key": "a::0::0"}, {"key": None, "status": "fail"}, res("b::0::0", None)])
     base = doc([{"key": "a::0::0", "status": "pass"}, {"key": "b::0::0"}])
     cmp = compare_to_baseline(now, base)
     a = cmp["results"]["a::0::0"]
@@ -143,6 +170,10 @@ def test_missing_fields_and_keys_are_tolerated():
     # documents without results or environment
     assert compare_to_baseline({}, {})["counts"]["regression"] == 0
     assert compare_to_baseline(doc([res("x::0::0")]), {"results": None})["counts"]["new"] == 1
+    # an entry that is no result at all (no "key" field, not an object) is a corrupt document: one line, no guess
+    for junk in ({"status": "fail", "psnr_min": 20.0}, "not a dict"):
+        with pytest.raises(HarnessError, match="not a preview result"):
+            compare_to_baseline(doc([junk]), base)
 
 
 def test_attach_baseline_marks_results_and_counts():
@@ -246,7 +277,7 @@ def test_bad_baseline_is_a_one_line_error(tmp_path):
     with pytest.raises(HarnessError, match="file not found"):
         build_report([s1], tmp_path / "out", baseline=tmp_path / "nope.json")
     wrong = _write(tmp_path, "wrong.json", {"schema_version": 99, "results": []})
-    with pytest.raises(HarnessError, match="schema_version"):
+    with pytest.raises(HarnessError, match=r"wrong\.json: schema_version: 99"):
         build_report([s1], tmp_path / "out", baseline=wrong)
     with pytest.raises(HarnessError, match="psnr"):
         build_report([s1], tmp_path / "out", baseline=s1, psnr_drop_db=-2)
@@ -254,8 +285,8 @@ def test_bad_baseline_is_a_one_line_error(tmp_path):
 
 def test_write_report_renders_a_hand_made_regression_entry_escaped(tmp_path):
     """A document edited by hand (odd categories, reasons as a string) still renders, escaped."""
-    r = res("k::0::0", "fail", 20.0, False,
-            regression={"category": f"x{HOSTILE}", "reasons": f"because {HOSTILE}"})
+    r = dict(res("k::0::0", "fail", 20.0, False).to_json(),
+             regression={"category": f"x{HOSTILE}", "reasons": f"because {HOSTILE}"})
     document = doc([r])
     document["baseline"] = {"psnr_drop_db": 1.0, "counts": {"regression": 0}, "regressions": [],
                             "missing": [HOSTILE], "environment_changes": [{"key": HOSTILE, "baseline": 1, "current": 2}]}

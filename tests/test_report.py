@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+from dataclasses import replace
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from harness.media import read_frames, write_like_aitk
 from harness.metrics import compare_clips, verdict
 from harness.report import merge_documents, report_main, write_report
 from harness.report.knobs import config_diff, summarize_trace
+from harness.result import PreviewResult, results_document
 
 SCRIPT = "<script>alert(1)</script>"
 TITLE_SCRIPT = "<script>document.title='XSS'</script>"
@@ -273,16 +275,31 @@ def test_rewriting_replaces_assets_of_the_earlier_run(document, tmp_path):
 
 
 def test_knob_table_flags_drift(document):
-    rows = {r.knob: r for r in config_diff(document["results"][0], ENV)}
+    rows = {r.knob: r for r in config_diff(PreviewResult.from_json(document["results"][0]), ENV)}
     boundary = rows["expert boundary"]
     assert boundary.render.drift is False and boundary.stacks["runcomfy"].drift is True
     assert "3 of 6 steps" in boundary.render.text
-    diag = {r.knob: r for r in config_diff(document["results"][1], ENV)}
+    diag = {r.knob: r for r in config_diff(PreviewResult.from_json(document["results"][1]), ENV)}
     assert diag["expert boundary"].render.drift is True  # runcomfy profile departs from ai-toolkit
     assert diag["dtype of fp32-kept modules"].render.drift is True
     assert diag["transformer quantization"].render.drift is True
     t = summarize_trace(TRACE)
     assert t.counts == {"high": 3, "low": 3} and t.switch_index == 3 and t.forwards == 12
+
+
+def test_schema_2_results_give_the_same_page(document, tmp_path):
+    """Results as ``PreviewResult.to_json()`` writes them (schema 2) read exactly like the schema 1 ones."""
+    typed = [PreviewResult.from_json(r) for r in document["results"]]
+    schema_2 = results_document(document["environment"], typed)
+    assert schema_2["schema_version"] == 2 and "psnr_per_frame" not in schema_2["results"][0]
+    assert [r["key"] for r in schema_2["results"]] == [r["key"] for r in document["results"]]
+    _, one = _parse(write_report(document, tmp_path / "one"))
+    raw, two = _parse(write_report(schema_2, tmp_path / "two"))
+    assert "schema 2" in raw
+    for i in range(len(document["results"])):
+        assert two.section_text(f"p{i}") == one.section_text(f"p{i}")
+        assert len(two.sections[f"p{i}"]["imgs"]) == len(one.sections[f"p{i}"]["imgs"])
+    assert two.section_text("summary") == one.section_text("summary")
 
 
 # --------------------------------------------------------------------------- merging
@@ -293,10 +310,16 @@ def _shard(results: list[dict], device: str) -> dict:
             "results": results}
 
 
+def _drifted(result: dict) -> dict:
+    """``result`` re-run as a failing, no longer bit-exact preview (schema 2 JSON: exactness lives in ``encoded``)."""
+    typed = PreviewResult.from_json(result)
+    return replace(typed, status="fail", encoded=replace(typed.encoded, bit_exact=False)).to_json()
+
+
 def test_merge_documents_combines_and_recomputes(document):
     res = document["results"]
     a = _shard([res[3], res[0], res[4]], "cuda:0")
-    b = _shard([res[1], res[5], dict(res[0], status="fail", bit_exact=False)], "cuda:1")
+    b = _shard([res[1], res[5], _drifted(res[0])], "cuda:1")
     merged = merge_documents([a, b])
     keys = [r["key"] for r in merged["results"]]
     assert sorted(keys) == keys and len(keys) == 5

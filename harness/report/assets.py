@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import HarnessError
 from ..fsutil import write_atomic
+from ..result import PreviewResult
 from . import plots
 
 ASSETS_DIR = "report_assets"
@@ -117,14 +118,15 @@ def read_clip(path, label: str, search_dirs, problems: list[str]) -> np.ndarray 
     return None
 
 
-def load_render(result: dict, search_dirs, problems: list[str]) -> tuple[np.ndarray | None, str | None]:
+def load_render(result: PreviewResult, search_dirs, problems: list[str]) -> tuple[np.ndarray | None, str | None]:
     """Render frames: the re-encoded preview (``render_path``, the encoded view) or else the lossless ``.npy``."""
-    for key, what in (("render_path", "render (re-encoded like ai-toolkit)"), ("frames_path", "render (lossless .npy)")):
-        if result.get(key):
-            frames = read_clip(result[key], what, search_dirs, problems)
+    for path, what in ((result.render_path, "render (re-encoded like ai-toolkit)"),
+                       (result.frames_path, "render (lossless .npy)")):
+        if path:
+            frames = read_clip(path, what, search_dirs, problems)
             if frames is not None:
                 return frames, what
-    if not result.get("render_path") and not result.get("frames_path"):
+    if not result.render_path and not result.frames_path:
         problems.append("render: no render file was recorded for this preview (run with --out to keep renders)")
     return None, None
 
@@ -161,7 +163,7 @@ class _Clips:
         return [c for c in (self.golden, self.render) if c is not None]
 
 
-def draw_preview(pics: PreviewPictures, result: dict, index: int, key: str, assets: Assets, search_dirs,
+def draw_preview(pics: PreviewPictures, result: PreviewResult, index: int, key: str, assets: Assets, search_dirs,
                  problems: list[str]) -> None:
     """Strips of every frame, the worst frame large, and the per-frame curves of one result, into ``pics``."""
     clips = _load_clips(pics, result, search_dirs, problems)
@@ -170,21 +172,21 @@ def draw_preview(pics: PreviewPictures, result: dict, index: int, key: str, asse
     prefix = f"p{index:04d}"
     _draw_strips(pics, clips, assets, prefix, key)
     _draw_worst(pics, clips, assets, prefix, key)
-    curves = plots.metric_curves(_metric_series(result), result.get("thresholds"), pics.worst_index)
+    curves = plots.metric_curves(_metric_series(result), result.thresholds, pics.worst_index)
     if curves is not None:
         pics.curves = assets.add(f"{prefix}-curves.png", data=curves, alt=f"per-frame PSNR and SSIM of {key}")
 
 
-def _load_clips(pics: PreviewPictures, result: dict, search_dirs, problems: list[str]) -> _Clips:
-    golden = read_clip(result.get("golden"), "golden", search_dirs, problems) if result.get("golden") else None
-    if not result.get("golden"):
+def _load_clips(pics: PreviewPictures, result: PreviewResult, search_dirs, problems: list[str]) -> _Clips:
+    golden = read_clip(result.golden, "golden", search_dirs, problems) if result.golden else None
+    if not result.golden:
         problems.append("golden: no golden path recorded")
     render, pics.render_label = load_render(result, search_dirs, problems)
     clips = _Clips(golden, render)
     if golden is not None and render is not None and not clips.comparable:
         problems.append(f"golden frames {tuple(golden.shape)} and render frames {tuple(render.shape)} differ in shape: "
                         "no difference image")
-    worst = result.get("worst_frame")
+    worst = result.worst_frame
     clips.worst = worst if isinstance(worst, int) else None
     if clips.worst is None and clips.comparable:
         clips.worst = plots.worst_by_mean_error(golden, render)
@@ -223,12 +225,7 @@ def _draw_worst(pics: PreviewPictures, clips: _Clips, assets: Assets, prefix: st
                                                  alt=f"{label} frame {worst} of {key}")))
 
 
-def _metric_series(result: dict) -> dict[str, tuple[list, list]]:
+def _metric_series(result: PreviewResult) -> dict[str, tuple[list, list]]:
     """Per-frame PSNR/SSIM by view: the encoded view's, and the lossless one's when it was compared."""
-    series = {}
-    if result.get("psnr_per_frame") or result.get("ssim_per_frame"):
-        series["encoded"] = (result.get("psnr_per_frame") or [], result.get("ssim_per_frame") or [])
-    lossless = result.get("raw_golden")
-    if isinstance(lossless, dict) and (lossless.get("psnr") or lossless.get("ssim")):
-        series["lossless"] = (lossless.get("psnr") or [], lossless.get("ssim") or [])
-    return series
+    views = (("encoded", result.encoded), ("lossless", result.raw_golden))
+    return {label: (c.psnr or [], c.ssim or []) for label, c in views if c is not None and (c.psnr or c.ssim)}

@@ -13,13 +13,18 @@
 Keys the baseline had and tonight lacks are listed as ``missing`` (a crashed shard shows up here); they are
 not counted as regressions, because pytest's own exit code already reports a broken shard.
 
-PSNR values follow the results JSON: numbers, or the string ``"inf"`` for identical frames (``float('inf')``
-is accepted too). ∞ → finite is a loss of bit-exactness, finite → ∞ a gain.
+Both nights are read as :class:`~harness.result.PreviewResult` records (any readable schema), so PSNR is a float
+here (``math.inf`` for identical frames) and the entries are written back through :mod:`harness.numbers`
+(``"inf"``). ∞ → finite is a loss of bit-exactness, finite → ∞ a gain.
 """
 
 from __future__ import annotations
 
 import math
+
+from ..numbers import to_json
+from ..result import PreviewResult, results_of
+from .format import fmt_metric
 
 REGRESSION = "regression"
 IMPROVEMENT = "improvement"
@@ -35,62 +40,27 @@ BAD = ("fail", "error")
 _VOLATILE_ENV = {"hostname", "date", "time", "timestamp", "pid"}
 
 
-def as_psnr(value) -> float | None:
-    """A PSNR from the results JSON as a float: ``"inf"``/``"Infinity"`` → inf, junk / NaN / bool → None."""
-    if value is None or isinstance(value, bool):
-        return None
-    if isinstance(value, str):
-        text = value.strip().lower()
-        if text in ("inf", "+inf", "infinity", "+infinity", "∞"):
-            return math.inf
-        if text in ("-inf", "-infinity"):
-            return -math.inf
-        try:
-            value = float(text)
-        except ValueError:
-            return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(number) else number
-
-
 def _json_number(value: float | None):
-    if value is None:
-        return None
-    if math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    return round(value, 4)
-
-
-def _bit_exact(result: dict, psnr: float | None) -> bool | None:
-    flag = result.get("bit_exact")
-    if isinstance(flag, bool):
-        return flag
-    if psnr is not None:
-        return math.isinf(psnr) and psnr > 0
-    return None
+    """A PSNR (or its change) for the entry: rounded, with ∞ as :mod:`harness.numbers` writes it."""
+    return to_json(None if value is None else round(value, 4))
 
 
 def _fmt_db(value: float | None) -> str:
-    if value is None:
-        return "n/a"
-    if math.isinf(value):
-        return "∞" if value > 0 else "-∞"
-    return f"{value:.2f} dB"
+    """A PSNR in a reason: "41.00 dB", "∞" or "n/a"."""
+    text = fmt_metric(value)
+    return f"{text} dB" if value is not None and math.isfinite(value) else text
 
 
-def _status(result: dict) -> str:
-    status = result.get("status")
+def _status(result: PreviewResult) -> str:
+    status = result.status
     return status if isinstance(status, str) and status else "unknown"
 
 
-def classify(current: dict, previous: dict | None, psnr_drop_db: float = 1.0) -> dict:
+def classify(current: PreviewResult, previous: PreviewResult | None, psnr_drop_db: float = 1.0) -> dict:
     """One preview's category against its previous result (None: not in the baseline)."""
     now_status = _status(current)
-    now_psnr = as_psnr(current.get("psnr_min"))
-    now_exact = _bit_exact(current, now_psnr)
+    now_psnr = current.psnr_min
+    now_exact = current.bit_exact
     entry = {"category": NEW, "reasons": [], "status": now_status, "bit_exact": now_exact,
              "psnr_min": _json_number(now_psnr), "baseline_status": None, "baseline_bit_exact": None,
              "baseline_psnr_min": None, "psnr_delta": None}
@@ -98,8 +68,8 @@ def classify(current: dict, previous: dict | None, psnr_drop_db: float = 1.0) ->
         entry["reasons"].append(f"not in the baseline (now {now_status})")
         return entry
     old_status = _status(previous)
-    old_psnr = as_psnr(previous.get("psnr_min"))
-    old_exact = _bit_exact(previous, old_psnr)
+    old_psnr = previous.psnr_min
+    old_exact = previous.bit_exact
     entry.update(baseline_status=old_status, baseline_bit_exact=old_exact, baseline_psnr_min=_json_number(old_psnr))
     delta = None
     if now_psnr is not None and old_psnr is not None and not (math.isinf(now_psnr) and now_psnr == old_psnr):
@@ -143,12 +113,8 @@ def classify(current: dict, previous: dict | None, psnr_drop_db: float = 1.0) ->
     return entry
 
 
-def _by_key(document: dict) -> dict[str, dict]:
-    out: dict[str, dict] = {}
-    for r in (document or {}).get("results") or []:
-        if isinstance(r, dict) and isinstance(r.get("key"), str):
-            out[r["key"]] = r
-    return out
+def _by_key(results: list[PreviewResult]) -> dict[str, PreviewResult]:
+    return {r.key: r for r in results if isinstance(r.key, str)}
 
 
 def environment_changes(current: dict, previous: dict) -> list[dict]:
@@ -165,7 +131,8 @@ def environment_changes(current: dict, previous: dict) -> list[dict]:
 
 
 def compare_to_baseline(document: dict, baseline_document: dict, psnr_drop_db: float = 1.0) -> dict:
-    """Categorize every result of ``document`` against ``baseline_document`` (both results documents).
+    """Categorize every result of ``document`` against ``baseline_document`` (both results documents, any
+    readable schema; a corrupt result is a :class:`~harness.errors.HarnessError`).
 
     Returns ``{"psnr_drop_db", "counts": {category: n, "missing": n}, "regressions": [keys],
     "missing": [keys], "environment_changes": [{key, baseline, current}], "results": {key: entry}}`` where
@@ -179,13 +146,11 @@ def compare_to_baseline(document: dict, baseline_document: dict, psnr_drop_db: f
         raise ValueError(f"psnr_drop_db must be a number, got {psnr_drop_db!r}") from None
     if math.isnan(psnr_drop_db) or psnr_drop_db < 0:
         raise ValueError(f"psnr_drop_db must be ≥ 0, got {psnr_drop_db}")
-    previous = _by_key(baseline_document)
+    previous = _by_key(results_of(baseline_document or {}))
     results: dict[str, dict] = {}
     anonymous = 0
-    for r in (document or {}).get("results") or []:
-        if not isinstance(r, dict):
-            continue
-        key = r.get("key")
+    for r in results_of(document or {}):
+        key = r.key
         if not isinstance(key, str):
             anonymous += 1
             entry = classify(r, None, psnr_drop_db)
@@ -221,6 +186,15 @@ def attach_baseline(document: dict, comparison: dict, source: str | None = None)
     out["results"] = [dict(r, regression=per_key[r["key"]]) if isinstance(r, dict) and r.get("key") in per_key else r
                       for r in document.get("results") or []]
     return out
+
+
+def regression_entries(document: dict) -> list[dict | None]:
+    """The entries :func:`attach_baseline` put on the results, in result order (None where a result has none).
+
+    They annotate the results JSON and are not part of :class:`~harness.result.PreviewResult`, so the page reads
+    them here, beside the results it reads through :func:`~harness.result.results_of`.
+    """
+    return [r.get("regression") if isinstance(r, dict) else None for r in document.get("results") or []]
 
 
 def regression_count(document: dict) -> int:

@@ -11,7 +11,7 @@ from pathlib import Path
 from ..errors import HarnessError
 from ..fsutil import write_json_atomic
 from . import baseline as baseline_mod
-from .documents import load_baseline, load_documents, merge_documents
+from .documents import load_baseline, load_shards, merge_shards
 from .html import write_report
 
 
@@ -49,20 +49,18 @@ def build_report(paths, out_dir, baseline=None, psnr_drop_db: float = 1.0, *, in
     :func:`harness.report.baseline.compare_to_baseline`), writes ``DIR/report.html`` and, with several inputs
     or a baseline, ``DIR/results.merged.json`` (the merged document with the comparison attached: keep it as
     the next night's baseline). ``diagnosis`` (a diagnosis.json path or document) adds the drift-diagnosis blocks.
-    Problems with the inputs raise :class:`~harness.errors.HarnessError`.
+    Problems with the inputs raise :class:`~harness.errors.HarnessError` (a file that is not a readable results
+    document names itself).
     """
     if not paths:
         raise HarnessError(None, "report", "give at least one results JSON file or output folder")
-    docs, dirs = load_documents(paths)
-    try:
-        merged = merge_documents(docs)
-    except ValueError as exc:
-        raise HarnessError(None, "report", str(exc)) from None
+    shards, dirs = load_shards(paths)
+    merged = merge_shards(shards)
     if baseline is not None:
         merged = _with_baseline(merged, baseline, psnr_drop_db)
     out_dir = Path(out_dir)
     merged_path = None
-    if len(docs) > 1 or baseline is not None:
+    if len(shards) > 1 or baseline is not None:
         merged_path = write_json_atomic(out_dir / "results.merged.json", merged)
     page = write_report(merged, out_dir, inline=inline, search_dirs=list(dict.fromkeys(dirs)), diagnosis=diagnosis)
     info = merged.get("baseline") or {}

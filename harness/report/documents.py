@@ -7,25 +7,30 @@ before ``results.json`` was written; both must give the same one document a fini
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import HarnessError
+from ..result import PreviewResult, results_document, results_of, summarize
+
+
+@dataclass
+class Shard:
+    """One results document as read: its results typed, its environment and summary as written."""
+
+    results: list[PreviewResult]
+    environment: dict = field(default_factory=dict)
+    summary: dict | None = None
+
+    @classmethod
+    def read(cls, document: dict, source) -> "Shard":
+        """``document``'s results through :func:`~harness.result.results_of` (HarnessError naming ``source``)."""
+        return cls(results_of(document, source), document.get("environment") or {}, document.get("summary"))
 
 
 def _canonical(value) -> str:
     """A JSON value as text that compares equal exactly when the values are the same."""
     return json.dumps(value, sort_keys=True, default=str)
-
-
-def _order(r: dict):
-    """Results sorted by case, then training step and sample index as numbers, then key."""
-    def num(v):
-        try:
-            return (0, int(v))
-        except (TypeError, ValueError):
-            return (1, 0)
-
-    return (str(r.get("case") or ""), num(r.get("step")), num(r.get("index")), str(r.get("key") or ""))
 
 
 def _merge_environments(envs: list[dict]) -> tuple[dict, list[str]]:
@@ -47,65 +52,71 @@ def _merge_environments(envs: list[dict]) -> tuple[dict, list[str]]:
     return merged, differs
 
 
-def _check_documents(docs: list[dict], schema_version: int) -> None:
-    if not docs:
-        raise ValueError("merge_documents needs at least one results document")
-    for i, d in enumerate(docs):
-        if not isinstance(d, dict) or not isinstance(d.get("results"), list):
-            raise ValueError(f"document {i} is not a results document (no 'results' list)")
-        version = d.get("schema_version", schema_version)
-        if version != schema_version:
-            raise ValueError(f"document {i} has schema_version {version!r}; this harness reads {schema_version}")
-
-
-def _results_by_key(docs: list[dict]) -> tuple[list[dict], list[str]]:
-    """Every result once, sorted (a later duplicate key wins; results without a key all stay), and the duplicates."""
-    by_key: dict[str, dict] = {}
+def _results_by_key(shards: list[Shard]) -> tuple[list[PreviewResult], list[str]]:
+    """Every result once (a later duplicate key wins; results without a key all stay), and the duplicated keys."""
+    by_key: dict = {}
     duplicates: list[str] = []
     anonymous = 0
-    for d in docs:
-        for r in d["results"]:
-            key = r.get("key")
+    for shard in shards:
+        for r in shard.results:
+            key = r.key
             if key is None:
                 anonymous += 1
-                key = f"\0anonymous-{anonymous}"
+                key = ("anonymous", anonymous)
             elif key in by_key:
                 duplicates.append(key)
             by_key[key] = r
-    return sorted(by_key.values(), key=_order), duplicates
+    return list(by_key.values()), duplicates
 
 
-def merge_documents(docs: list[dict]) -> dict:
-    """One results document from several shards: results by key (a later duplicate wins), summary recomputed.
+def merge_shards(shards: list[Shard]) -> dict:
+    """One results document (JSON, this schema) from several shards: results by key (a later duplicate wins),
+    in :func:`~harness.result.result_order`, summary recomputed.
 
     Environments that agree collapse to one; keys whose values differ between shards hold the list of
     distinct values and are listed in ``environment_differs`` (bit-exactness needs one identical stack).
-    Per-shard environments and summaries are kept under ``shards`` when there is more than one document.
+    Per-shard environments and summaries are kept under ``shards`` when there is more than one.
     """
-    from ..runner import SCHEMA_VERSION, summarize
-
-    _check_documents(docs, SCHEMA_VERSION)
-    results, duplicates = _results_by_key(docs)
-    environment, differs = _merge_environments([d.get("environment") or {} for d in docs if d.get("environment")])
-    merged = {"schema_version": SCHEMA_VERSION, "environment": environment, "summary": summarize(results),
-              "results": results}
+    if not shards:
+        raise ValueError("nothing to merge: no results documents given")
+    results, duplicates = _results_by_key(shards)
+    environment, differs = _merge_environments([s.environment for s in shards if s.environment])
+    extra: dict = {}
     if differs:
-        merged["environment_differs"] = differs
-    if len(docs) > 1:
-        merged["shards"] = [{"environment": d.get("environment") or {}, "summary": d.get("summary") or summarize(d["results"]),
-                             "results": len(d["results"])} for d in docs]
+        extra["environment_differs"] = differs
+    if len(shards) > 1:
+        extra["shards"] = [{"environment": s.environment, "summary": s.summary or summarize(s.results),
+                            "results": len(s.results)} for s in shards]
     if duplicates:
-        merged["duplicates"] = sorted(set(duplicates))
-    return merged
+        extra["duplicates"] = sorted(set(duplicates))
+    return results_document(environment, results, **extra)
+
+
+def merge_documents(docs: list[dict]) -> dict:
+    """:func:`merge_shards` for documents in memory (the pytest plugin's workers), any readable schema.
+
+    Raises ValueError when ``docs`` is empty or holds something that is not a readable results document (there is
+    no file to name; files go through :func:`load_shards`, whose errors name them).
+    """
+    shards = []
+    for i, d in enumerate(docs):
+        if not isinstance(d, dict) or not isinstance(d.get("results"), list):
+            raise ValueError(f"document {i} is not a results document (no 'results' list)")
+        try:
+            shards.append(Shard.read(d, f"document {i}"))
+        except HarnessError as exc:
+            raise ValueError(exc.line()) from None
+    return merge_shards(shards)
 
 
 def _as_document(data, source: Path) -> dict:
+    """A file's JSON as a results document; bare results carry no schema_version and read as any schema does."""
     if isinstance(data, dict) and isinstance(data.get("results"), list):
         return data
     if isinstance(data, dict) and "key" in data and "status" in data:  # one per-preview file from --out/results/
-        return {"schema_version": data.get("schema_version", 1), "environment": {}, "results": [data]}
+        return {"environment": {}, "results": [data]}
     if isinstance(data, list) and all(isinstance(r, dict) for r in data):
-        return {"schema_version": 1, "environment": {}, "results": data}
+        return {"environment": {}, "results": data}
     raise HarnessError(source, None, "not a results document (expected {'results': [...]}, one result, or a list of results)")
 
 
@@ -130,23 +141,21 @@ def _read_json(path: Path):
         raise HarnessError(path, None, f"cannot read results JSON: {exc}") from None
 
 
-def load_documents(paths) -> tuple[list[dict], list[Path]]:
-    """Results documents from files or folders (a folder: its results.json, else every results/**/*.json).
+def load_shards(paths) -> tuple[list[Shard], list[Path]]:
+    """Results documents from files or folders (a folder: its results.json, else every results/**/*.json), read.
 
-    Also returns the folders relative media paths in them may be relative to (each file's folder and its parent).
+    A file that is not a readable results document (schema, a corrupt result) is one HarnessError naming it. Also
+    returns the folders relative media paths in them may be relative to (each file's folder and its parent).
     """
-    docs, dirs = [], []
+    shards, dirs = [], []
     for raw in paths:
         for f in _files(Path(raw)):
-            docs.append(_as_document(_read_json(f), f))
+            shards.append(Shard.read(_as_document(_read_json(f), f), f))
             dirs.extend([f.parent, f.parent.parent])
-    return docs, dirs
+    return shards, dirs
 
 
 def load_baseline(path) -> dict:
     """A previous night's results (results.json, results.merged.json, an --out folder) as one document."""
-    docs, _ = load_documents([path])
-    try:
-        return merge_documents(docs)
-    except ValueError as exc:
-        raise HarnessError(path, "--baseline", str(exc)) from None
+    shards, _ = load_shards([path])
+    return merge_shards(shards)

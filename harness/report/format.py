@@ -7,9 +7,12 @@ must print as its text rather than break the page.
 from __future__ import annotations
 
 import json
-import math
+
+from ..numbers import INF, fmt_db
 
 NO_VALUE = "—"
+INFINITY = "∞"
+QUALITY = ("psnr_min", "psnr_mean", "ssim_min", "ssim_mean")
 
 
 def fixed(value, digits: int, missing: str = "n/a") -> str:
@@ -22,15 +25,16 @@ def fixed(value, digits: int, missing: str = "n/a") -> str:
         return str(value)
 
 
-def fmt_psnr(value) -> str:
-    """PSNR in dB as the results JSON holds it: a number, or ``"inf"`` for identical frames (shown as ∞)."""
-    if value in ("inf", "Infinity") or (isinstance(value, float) and math.isinf(value)):
-        return "∞"
-    return fixed(value, 2)
+def fmt_metric(value, digits: int = 2, missing: str = "n/a") -> str:
+    """A PSNR or SSIM for the page: :func:`harness.numbers.fmt_db`'s text with infinity shown as ∞.
 
-
-def fmt_ssim(value) -> str:
-    return fixed(value, 4)
+    ``value`` is a float or a value as results JSON holds it; a hand-edited non-number prints as its own text.
+    """
+    try:
+        text = fmt_db(value, digits, missing)
+    except (TypeError, ValueError):
+        return str(value)
+    return text.replace(INF, INFINITY)  # "inf" → "∞", "-inf" → "-∞"
 
 
 def fmt_seconds(value) -> str:
@@ -60,10 +64,14 @@ def fmt_list(values) -> str:
     return ", ".join(str(v) for v in values) if isinstance(values, list) and values else NO_VALUE
 
 
-def quality_cells(metrics: dict) -> dict[str, str]:
-    """The PSNR/SSIM min/mean quartet that every metrics table shows, formatted."""
-    return {"psnr_min": fmt_psnr(metrics.get("psnr_min")), "psnr_mean": fmt_psnr(metrics.get("psnr_mean")),
-            "ssim_min": fmt_ssim(metrics.get("ssim_min")), "ssim_mean": fmt_ssim(metrics.get("ssim_mean"))}
+def quality_cells(record) -> dict[str, str]:
+    """The PSNR/SSIM min/mean quartet that every metrics table shows, formatted.
+
+    ``record``: a :class:`~harness.metrics.Comparison` or :class:`~harness.result.PreviewResult` (attributes), or a
+    row of a diagnosis document (a JSON dict).
+    """
+    value = record.get if isinstance(record, dict) else (lambda name: getattr(record, name))
+    return {name: fmt_metric(value(name), 2 if name.startswith("psnr") else 4) for name in QUALITY}
 
 
 def plural(count: int, word: str) -> str:

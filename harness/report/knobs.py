@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Union
 
+from ..result import PreviewResult
 from .format import fmt_num
 from .sampling import profile_info, summarize_trace
 
@@ -89,27 +90,27 @@ def _checked(text: str, ok: bool | None, good: str, bad: str) -> Cell:
 class _Job:
     """One result as the knob table reads it: the render's profile and trace, and the job's own values."""
 
-    def __init__(self, result: dict, environment: dict | None):
+    def __init__(self, result: PreviewResult, environment: dict | None):
         self.result = result
         self.env = environment or {}
         self.profile = profile_info(result)
         self.era = _AITK_ERA.get((self.profile.name or "").split("+", 1)[0])
         self.aitk_scheduler, self.aitk_shift, self.aitk_sigmas = self.era if self.era else (None, None, None)
-        self.trace = summarize_trace(result.get("trace"))
-        self.steps = result.get("sample_steps")
-        self.guidance = result.get("guidance_scale")
-        self.frames = result.get("num_frames")
-        self.lora_path = result.get("lora_path") or "none"
-        approximate = " ".join(result.get("approximate") or [])
+        self.trace = summarize_trace(result.trace)
+        self.steps = result.sample_steps
+        self.guidance = result.guidance_scale
+        self.frames = result.num_frames
+        self.lora_path = result.lora_path or "none"
+        approximate = " ".join(result.approximate or [])
         self.quantized = "quantiz" in approximate or "layer_offloading" in approximate
         self.single = bool(_passes(lambda: int(self.frames) == 1))
 
     @property
     def size(self) -> str:
         r = self.result
-        size = f"{r.get('width')}×{r.get('height')}"
-        req = (r.get("width_requested"), r.get("height_requested"))
-        if all(req) and tuple(req) != (r.get("width"), r.get("height")):
+        size = f"{r.width}×{r.height}"
+        req = (r.width_requested, r.height_requested)
+        if all(req) and req != (r.width, r.height):
             size += f" (requested {req[0]}×{req[1]})"
         return size
 
@@ -172,7 +173,7 @@ def _sampler(job: _Job) -> Cell:
 
 
 def _multiplier(job: _Job) -> Cell:
-    m = job.result.get("network_multiplier")
+    m = job.result.network_multiplier
     return Cell("no LoRA" if job.lora_path == "none" else f"{fmt_num(m)} on both experts", False)
 
 
@@ -198,7 +199,7 @@ _CASTS = {True: "all bf16 (.to(bf16))", False: "fp32-kept modules stay fp32"}
 
 def _snap(job: _Job) -> Cell:
     r = job.result
-    snapped = _passes(lambda: int(r["width"]) % 16 == 0 and int(r["height"]) % 16 == 0)
+    snapped = _passes(lambda: int(r.width) % 16 == 0 and int(r.height) % 16 == 0)
     return _checked(job.size, snapped, " (multiple of 16)", " (NOT a multiple of 16)")
 
 
@@ -207,7 +208,7 @@ def _frames(job: _Job) -> Cell:
 
 
 def _encoding(job: _Job) -> Cell:
-    fps = job.result.get("fps")
+    fps = job.result.fps
     if job.single:
         return Cell("JPEG q75 4:2:0 (Pillow defaults)", False)
     return Cell(f"animated WebP q80, duration 1000//fps = {1000 // int(fps)} ms" if fps else "animated WebP q80", False)
@@ -220,13 +221,13 @@ def _attention(job: _Job) -> Cell:
 
 
 def _negative(job: _Job) -> Cell:
-    neg = job.result.get("negative_prompt")
+    neg = job.result.negative_prompt
     return Cell("empty" if neg == "" else ("unknown" if neg is None else "set (see settings)"), False)
 
 
 def _replaced_if_empty(job: _Job) -> bool | None:
     """Stacks that substitute Wan's long default negative for an empty one drift exactly then."""
-    return True if job.result.get("negative_prompt") == "" else None
+    return True if job.result.negative_prompt == "" else None
 
 
 def _constant(text: str, drift: bool | None = None) -> Callable[[_Job], Cell]:
@@ -328,7 +329,7 @@ KNOBS = (
 )
 
 
-def config_diff(result: dict, environment: dict | None = None) -> list[KnobRow]:
+def config_diff(result: PreviewResult, environment: dict | None = None) -> list[KnobRow]:
     """The knob table for one result (see module doc): one row per entry of :data:`KNOBS`, in that order."""
     job = _Job(result, environment)
     return [knob.row(job) for knob in KNOBS]

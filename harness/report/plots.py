@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import io
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:  # annotation only: drawing needs nothing from the comparison code
+    from ..metrics import Thresholds
 
 THUMB_MAX_H = 160  # px, cap for one thumbnail in a strip
 THUMB_MIN_H = 48  # px, floor when a long clip has to shrink to keep strips light
@@ -143,32 +147,18 @@ def colorbar(width: int = 256, height: int = 12) -> np.ndarray:
     return np.repeat(lut()[ramp][None], height, axis=0)
 
 
-def _finite_or_none(values) -> list[float | None]:
-    out = []
-    for v in values or []:
-        if v in ("inf", "Infinity") or (isinstance(v, float) and math.isinf(v) and v > 0):
-            out.append(math.inf)
-        elif v is None or isinstance(v, str):
-            out.append(None)
-        else:
-            try:
-                out.append(float(v))
-            except (TypeError, ValueError):
-                out.append(None)
-    return out
-
-
-def metric_curves(series: dict[str, tuple[list, list]], thresholds: dict | None = None,
+def metric_curves(series: dict[str, tuple[list, list]], thresholds: Thresholds | None = None,
                   worst: int | None = None) -> bytes | None:
     """Per-frame PSNR and SSIM, one line per view; ∞ PSNR (identical frame) is drawn at a ceiling with ▲.
 
-    ``series``: label → (psnr per frame, ssim per frame), values as in the results JSON ("inf" strings ok).
-    Returns None when there is nothing to plot.
+    ``series``: label → (psnr per frame, ssim per frame) as a :class:`~harness.metrics.Comparison` holds them
+    (floats, ``math.inf`` for identical frames, None where a value is missing). Returns None when there is nothing
+    to plot.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    cleaned = {label: (_finite_or_none(p), _finite_or_none(s)) for label, (p, s) in series.items() if p or s}
+    cleaned = {label: (list(p or []), list(s or [])) for label, (p, s) in series.items() if p or s}
     if not cleaned:
         return None
     finite = [v for p, _ in cleaned.values() for v in p if v is not None and math.isfinite(v)]
@@ -189,11 +179,9 @@ def metric_curves(series: dict[str, tuple[list, list]], thresholds: dict | None 
         if s:
             x = list(range(len(s)))
             ax_s.plot(x, [math.nan if v is None else v for v in s], style, marker="o", markersize=3, label=label)
-    thresholds = thresholds or {}
-    if thresholds.get("psnr_min") is not None:
-        ax_p.axhline(float(thresholds["psnr_min"]), color="#c0392b", linewidth=1, linestyle=":", label="threshold")
-    if thresholds.get("ssim_min") is not None:
-        ax_s.axhline(float(thresholds["ssim_min"]), color="#c0392b", linewidth=1, linestyle=":", label="threshold")
+    if thresholds is not None:
+        ax_p.axhline(thresholds.psnr_min, color="#c0392b", linewidth=1, linestyle=":", label="threshold")
+        ax_s.axhline(thresholds.ssim_min, color="#c0392b", linewidth=1, linestyle=":", label="threshold")
     for ax in (ax_p, ax_s):
         if worst is not None:
             ax.axvline(worst, color="#e6b000", linewidth=1, alpha=0.8)
@@ -204,7 +192,7 @@ def metric_curves(series: dict[str, tuple[list, list]], thresholds: dict | None 
     ax_p.set_ylim(min([ceiling - 30.0] + [v - 2.0 for v in finite]), ceiling + 3.0)
     ax_s.set_ylabel("SSIM")
     ssim_vals = [v for _, s in cleaned.values() for v in s if v is not None]
-    low = min(ssim_vals + [float(thresholds.get("ssim_min") or 1.0)]) if ssim_vals else 0.0
+    low = min(ssim_vals + [thresholds.ssim_min if thresholds is not None else 1.0]) if ssim_vals else 0.0
     ax_s.set_ylim(max(-1.0, min(low - 0.02, 0.95)), 1.005)
     ax_s.legend(fontsize=7, loc="best", framealpha=0.8)
     fig.subplots_adjust(left=0.075, right=0.985, bottom=0.19, top=0.95, wspace=0.3)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..result import PreviewResult
 from .format import fmt_num, plural
 
 
@@ -26,10 +27,10 @@ class ProfileInfo:
     description: str = ""
 
 
-def profile_info(result: dict) -> ProfileInfo:
+def profile_info(result: PreviewResult) -> ProfileInfo:
     """Profile fields for a result: recorded fields win, else the registry, else name-only."""
-    name = result.get("profile")
-    info = ProfileInfo(name=name, exact=result.get("profile_exact"))
+    name = result.profile
+    info = ProfileInfo(name=name, exact=result.profile_exact)
     base = (name or "").split("+", 1)[0]
     try:  # lightweight module (no torch); the report still works if it moves or the name is unknown
         from harness.render.profiles import PROFILES
@@ -42,12 +43,12 @@ def profile_info(result: dict) -> ProfileInfo:
         info.description = prof.description
         if info.exact is None:
             info.exact = prof.exact
-    # A "+k=v,..." suffix (with_overrides) changes fields; the runner may also record them explicitly.
+    # A "+k=v,..." suffix (with_overrides) changes fields; a result may also record them (profile_settings).
     if name and "+" in name:
         for part in name.split("+", 1)[1].split(","):
             key, _, value = part.partition("=")
             _apply_override(info, key.strip(), value.strip())
-    recorded = result.get("profile_settings")
+    recorded = result.profile_settings
     if isinstance(recorded, dict):
         for key, value in recorded.items():
             if hasattr(info, key) and key != "name":

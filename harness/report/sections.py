@@ -6,24 +6,22 @@ element ids are chosen from fixed lists, never taken from the document, so the t
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
+from ..result import STATUSES, PreviewResult, results_of
 from . import baseline as baseline_mod
 from . import diagnosis as dmod
 from .assets import Assets, PreviewPictures, draw_preview
-from .format import NO_VALUE, css_class, environment_rows, fmt_optional, fmt_psnr, fmt_value, quality_cells
+from .format import INFINITY, NO_VALUE, css_class, environment_rows, fmt_metric, fmt_optional, fmt_value, quality_cells
 from .knobs import config_diff
 from .sampling import profile_info, summarize_trace
-
-STATUSES = ("pass", "fail", "error", "unreproducible")
 
 
 @dataclass
 class Section:
     id: str
     index: int
-    result: dict
+    result: PreviewResult
     status: str
     status_class: str
     key: str
@@ -41,7 +39,8 @@ class Section:
     stack_reason: str = ""  # why exactness is (not) expected on this stack
     stack_diff: list[tuple[str, str, str]] = field(default_factory=list)  # (field, golden, here)
     profile_line: str = ""
-    regression: dict | None = None
+    baseline_entry: dict | None = None  # this result's comparison with the baseline (baseline.attach_baseline)
+    regression: dict | None = None  # the "vs baseline" cell drawn from it
     diagnoses: list = field(default_factory=list)  # diagnosis.DiagnosisView for this key (usually zero or one)
 
 
@@ -50,64 +49,64 @@ _METRIC_VIEWS = (("encoded", "encoded (render re-encoded like ai-toolkit vs gold
                  ("raw_golden", "lossless (lossless render vs lossless golden)"))
 
 
-def _metrics_rows(r: dict) -> list[dict]:
+def _metrics_rows(r: PreviewResult) -> list[dict]:
     """One row per comparison the result holds (encoded, raw, lossless)."""
     rows = []
-    for key, label in _METRIC_VIEWS:
-        c = r.get(key)
-        if not isinstance(c, dict):
+    for name, label in _METRIC_VIEWS:
+        c = r.view(name)
+        if c is None:
             continue
         rows.append({
             "view": label,
-            "bit_exact": fmt_value(c.get("bit_exact")),
+            "bit_exact": fmt_value(c.bit_exact),
             **quality_cells(c),
-            "worst": fmt_value(c.get("worst_frame")),
-            "max_abs_diff": fmt_value(c.get("max_abs_diff")),
-            "differing": fmt_value(c.get("differing_pixels")),
-            "mismatch": c.get("mismatch") or "",
+            "worst": fmt_value(c.worst_frame),
+            "max_abs_diff": fmt_value(c.max_abs_diff),
+            "differing": fmt_value(c.differing_pixels),
+            "mismatch": c.mismatch or "",
         })
     return rows
 
 
-def _size(r: dict) -> str:
-    size = f"{r.get('width')}×{r.get('height')}"
-    if r.get("width_requested") and r.get("height_requested"):
-        size += f" (requested {r['width_requested']}×{r['height_requested']})"
+def _size(r: PreviewResult) -> str:
+    size = f"{r.width}×{r.height}"
+    if r.width_requested and r.height_requested:
+        size += f" (requested {r.width_requested}×{r.height_requested})"
     return size
 
 
-def _settings(r: dict) -> list[tuple[str, str]]:
+def _settings(r: PreviewResult) -> list[tuple[str, str]]:
     """The sample's settings table: what a reader needs to reproduce the preview elsewhere."""
-    lora = r.get("lora") or {}
+    lora = r.lora or {}
     rows = [
-        ("prompt", r.get("prompt")),
-        ("negative prompt", r.get("negative_prompt") if r.get("negative_prompt") != "" else "(empty)"),
-        ("seed", r.get("seed")),
+        ("prompt", r.prompt),
+        ("negative prompt", r.negative_prompt if r.negative_prompt != "" else "(empty)"),
+        ("seed", r.seed),
         ("size (W×H)", _size(r)),
-        ("frames", r.get("num_frames")),
-        ("fps", r.get("fps")),
-        ("sample steps", r.get("sample_steps")),
-        ("guidance scale", r.get("guidance_scale")),
-        ("network multiplier", r.get("network_multiplier")),
-        ("control image", r.get("ctrl_img")),
-        ("LoRA high-noise", lora.get("high") if lora else None),
-        ("LoRA low-noise", lora.get("low") if lora else None),
-        ("LoRA path", r.get("lora_path")),
-        ("training step / sample index", f"{r.get('step')} / {r.get('index')}"),
-        ("golden", r.get("golden")),
-        ("golden (lossless)", r.get("golden_raw")),
-        ("render", r.get("render_path")),
-        ("render frames (.npy)", r.get("frames_path")),
-        ("seconds", r.get("seconds")),
+        ("frames", r.num_frames),
+        ("fps", r.fps),
+        ("sample steps", r.sample_steps),
+        ("guidance scale", r.guidance_scale),
+        ("network multiplier", r.network_multiplier),
+        ("control image", r.ctrl_img),
+        ("LoRA high-noise", lora.get("high")),
+        ("LoRA low-noise", lora.get("low")),
+        ("LoRA path", r.lora_path),
+        ("training step / sample index", f"{r.step} / {r.index}"),
+        ("golden", r.golden),
+        ("golden (lossless)", r.golden_raw),
+        ("render", r.render_path),
+        ("render frames (.npy)", r.frames_path),
+        ("seconds", r.seconds),
     ]
-    if r.get("label_note"):
-        rows.append(("label note", r.get("label_note")))
-    if r.get("resumed"):
+    if r.label_note:
+        rows.append(("label note", r.label_note))
+    if r.resumed:
         rows.append(("resumed", "taken from an earlier run (--resume)"))
     return [(k, fmt_value(v)) for k, v in rows]
 
 
-def _profile_line(r: dict) -> str:
+def _profile_line(r: PreviewResult) -> str:
     info = profile_info(r)
     bits = [info.name or "unknown"]
     if info.exact is not None:
@@ -117,22 +116,24 @@ def _profile_line(r: dict) -> str:
     return " — ".join(bits)
 
 
-def build_section(index: int, r: dict, environment: dict, assets: Assets, search_dirs) -> Section:
+def build_section(index: int, r: PreviewResult, environment: dict, assets: Assets, search_dirs,
+                  baseline_entry: dict | None = None) -> Section:
     """One preview's section; errors and unreproducible previews get their message and settings only."""
-    status = r.get("status") or "unknown"
+    status = r.status or "unknown"
     sec = Section(id=f"p{index}", index=index, result=r, status=str(status), status_class=css_class(status, STATUSES),
-                  key=str(r.get("key") or f"(result {index})"), message=fmt_optional(r.get("message")))
+                  key=str(r.key or f"(result {index})"), message=fmt_optional(r.message))
     sec.settings = _settings(r)
-    sec.regression = _regression_cell(r.get("regression"))
-    sec.approximate = [str(a) for a in (r.get("approximate") or [])]
-    sec.notes = [str(n) for n in (r.get("notes") or [])]
-    sec.stack_reason = str(r.get("stack_reason") or "")
-    sec.stack_diff = [(str(k), str(v[0]), str(v[1])) for k, v in (r.get("stack_diff") or {}).items()]
-    sec.stack_diff += [(str(k), "unknown", "") for k in (r.get("stack_unknown") or []) if k != "*"]
+    sec.baseline_entry = baseline_entry if isinstance(baseline_entry, dict) else None
+    sec.regression = _regression_cell(sec.baseline_entry)
+    sec.approximate = [str(a) for a in (r.approximate or [])]
+    sec.notes = [str(n) for n in (r.notes or [])]
+    sec.stack_reason = str(r.stack_reason or "")
+    sec.stack_diff = [(str(k), str(v[0]), str(v[1])) for k, v in (r.stack_diff or {}).items()]
+    sec.stack_diff += [(str(k), "unknown", "") for k in (r.stack_unknown or []) if k != "*"]
     if status in ("error", "unreproducible"):
         return sec
     sec.profile_line = _profile_line(r)
-    trace = summarize_trace(r.get("trace"))
+    trace = summarize_trace(r.trace)
     sec.trace_text = trace.text()
     sec.trace_steps = [(i, e, f"{t:.4f}") for i, (e, t) in enumerate(trace.steps)]
     sec.knobs = config_diff(r, environment)
@@ -145,13 +146,13 @@ def build_section(index: int, r: dict, environment: dict, assets: Assets, search
     return sec
 
 
-def counts(results: list[dict]) -> dict:
+def counts(results: list[PreviewResult]) -> dict:
     """Results per status (unknown statuses as "other"), bit-exact ones and the total."""
     c = {s: 0 for s in STATUSES} | {"other": 0}
     for r in results:
-        s = r.get("status") if r.get("status") in STATUSES else "other"
+        s = r.status if r.status in STATUSES else "other"
         c[s] = c.get(s, 0) + 1
-    c["bit_exact"] = sum(1 for r in results if r.get("bit_exact"))
+    c["bit_exact"] = sum(1 for r in results if r.bit_exact)
     c["total"] = len(results)
     return c
 
@@ -165,8 +166,8 @@ def summary_row(sec: Section) -> dict:
     r = sec.result
     return {
         "id": sec.id, "key": sec.key, "status": sec.status, "status_class": sec.status_class,
-        "bit_exact": fmt_value(bool(r.get("bit_exact"))) if sec.status in ("pass", "fail") else NO_VALUE,
-        "bit_exact_raw": fmt_value(r.get("bit_exact_raw")) if "bit_exact_raw" in r else NO_VALUE,
+        "bit_exact": fmt_value(r.bit_exact) if sec.status in ("pass", "fail") else NO_VALUE,
+        "bit_exact_raw": fmt_value(r.bit_exact_raw),  # None (a dash) when the lossless golden was not compared
         **quality_cells(r),
         "message": sec.message,
         "regression": sec.regression,
@@ -194,12 +195,9 @@ def _regression_cell(entry) -> dict | None:
 
 
 def _fmt_delta(value) -> str:
-    v = baseline_mod.as_psnr(value)
-    if v is None:
-        return NO_VALUE
-    if math.isinf(v):
-        return "+∞" if v > 0 else "−∞"
-    return f"{v:+.2f}"
+    """A PSNR change with its sign ("+∞" when the preview became identical)."""
+    text = fmt_metric(value, missing=NO_VALUE)
+    return "+" + text if text[:1].isdigit() or text == INFINITY else text
 
 
 def _then_now(entry: dict, field_name: str, fmt=fmt_value) -> str:
@@ -209,7 +207,7 @@ def _then_now(entry: dict, field_name: str, fmt=fmt_value) -> str:
 
 def _baseline_row(sec: Section, entry: dict) -> dict:
     return {"id": sec.id, "key": sec.key, "status": _then_now(entry, "status"),
-            "bit_exact": _then_now(entry, "bit_exact"), "psnr": _then_now(entry, "psnr_min", fmt_psnr),
+            "bit_exact": _then_now(entry, "bit_exact"), "psnr": _then_now(entry, "psnr_min", fmt_metric),
             "delta": _fmt_delta(entry.get("psnr_delta")), "reasons": _reasons(entry)}
 
 
@@ -220,8 +218,8 @@ def baseline_view(document: dict, sections: list[Section]) -> dict | None:
         return None
     rows = {c: [] for c in baseline_mod.CATEGORIES}
     for sec in sections:
-        entry = sec.result.get("regression")
-        if isinstance(entry, dict) and entry.get("category") in rows:
+        entry = sec.baseline_entry
+        if entry is not None and entry.get("category") in rows:
             rows[entry["category"]].append(_baseline_row(sec, entry))
     recorded = info.get("counts") or {}
     return {
@@ -263,7 +261,7 @@ def attach_diagnoses(diagnosis: dict | None, sections: list[Section]) -> dict | 
     """Put each diagnosis on the section of its key; the rest get sections of their own. None without a diagnosis."""
     if diagnosis is None:
         return None
-    by_key = {str(sec.result.get("key")): sec for sec in sections if sec.result.get("key") is not None}
+    by_key = {str(sec.result.key): sec for sec in sections if sec.result.key is not None}
     orphans: dict[str, list] = {}  # key -> views, in document order; their section ids are x0, x1, ...
     views = []
     for entry in dmod.entries(diagnosis):
@@ -288,10 +286,15 @@ def attach_diagnoses(diagnosis: dict | None, sections: list[Section]) -> dict | 
 
 
 def report_view(document: dict, assets: Assets, search_dirs=(), diagnosis: dict | None = None) -> dict:
-    """Template data of ``report.html`` except the page's title line (see :mod:`harness.report.html`)."""
-    results = list(document.get("results") or [])
+    """Template data of ``report.html`` except the page's title line (see :mod:`harness.report.html`).
+
+    The results are read once here, as :class:`~harness.result.PreviewResult` records (any readable schema).
+    """
+    results = results_of(document)
+    entries = baseline_mod.regression_entries(document)
     environment = document.get("environment") or {}
-    sections = [build_section(i, r, environment, assets, search_dirs) for i, r in enumerate(results)]
+    sections = [build_section(i, r, environment, assets, search_dirs, entry)
+                for i, (r, entry) in enumerate(zip(results, entries))]
     diagnosed = attach_diagnoses(diagnosis, sections)
     c = counts(results)
     return {
