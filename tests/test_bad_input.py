@@ -14,6 +14,8 @@ Only the tiny offline model is used, and no case here renders more than one deno
 
 from __future__ import annotations
 
+import re
+
 import errno
 import json
 import os
@@ -31,6 +33,8 @@ from harness.cli import main
 from harness.demo import DEMO_CASE
 from harness.demo_model import build_tiny_model, make_demo_lora_pair, write_aitk_lora, aitk_metadata
 from harness.media import encode_like_aitk
+
+PROGRESS = re.compile(r"\[\d+/\d+\] ")  # the one line per finished preview off a TTY (stderr)
 
 pytest_plugins = ["pytester"]
 
@@ -110,7 +114,7 @@ def run_cli(capsys, target, out, *extra) -> tuple[int, list[str], dict | None]:
     """``wan-parity run`` in-process; returns (exit code, stderr lines, results document or None)."""
     capsys.readouterr()
     rc = main(["run", str(target), "--out", str(out), "--no-report", "--device", "cpu", "--threads", "2", *extra])
-    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and not PROGRESS.match(line)]
     doc_file = Path(out) / "results.json"
     return rc, err, json.loads(doc_file.read_text()) if doc_file.is_file() else None
 
@@ -487,7 +491,7 @@ def test_cuda_out_of_memory_names_the_offload_mode(job, tmp_path, capsys, monkey
 def test_cuda_requested_but_absent(job, tmp_path, capsys, device):
     capsys.readouterr()
     rc = main(["run", str(job.dir), "--out", str(tmp_path / "out"), "--device", device, "--no-report"])
-    err = capsys.readouterr().err.splitlines()
+    err = [line for line in capsys.readouterr().err.splitlines() if not PROGRESS.match(line)]
     assert_line(rc, err, None, "--device", device, "no CUDA device", "--device cpu")
 
 

@@ -8,6 +8,8 @@ failure reproducible: the test id carries the seed.
 
 from __future__ import annotations
 
+import re
+
 import copy
 import json
 import os
@@ -19,10 +21,12 @@ import pytest
 import torch
 import yaml
 
-from harness import cli, console
+from harness import console
 from harness.cli import main
 from harness.demo import DEMO_CASE
 from harness.demo_model import aitk_metadata, write_aitk_lora
+
+PROGRESS = re.compile(r"\[\d+/\d+\] ")  # the one line per finished preview off a TTY (stderr)
 
 ROUNDS = 8  # x 25 mutations each: 200 mutated job configs, then 100 mutated case files
 PER_ROUND = 25
@@ -143,7 +147,7 @@ def run_and_check(capsys, target: Path, out: Path, label: str) -> int:
         rc = main(["run", str(target), "--out", str(out), "--no-report", "--device", "cpu", "--threads", "1"])
     except BaseException as exc:  # noqa: BLE001 - the point: nothing may escape
         raise AssertionError(f"{label}: {type(exc).__name__} escaped main(): {exc}") from exc
-    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and not PROGRESS.match(line)]
     doc_file = out / "results.json"
     doc = json.loads(doc_file.read_text()) if doc_file.is_file() else None
     assert rc in (0, 2), f"{label}: exit code {rc}: {err}"
