@@ -15,7 +15,7 @@ case keeps *copies* of the small things (previews, lossless frames, config, cont
     base_model: null                 # optional; overrides the config's model.name_or_path
     vae: null                        # optional; VAE folder override
     path_map: {/workspace/oracle: /work/shared/oracle}  # optional; OLD: NEW, on top of the CLI's --path-map
-    profile: auto                    # auto | aitk-euler | aitk-unipc | aitk-unipc-old | runcomfy | diffusers-stock
+    profile: auto                    # auto | a name in harness.render.profiles.PROFILES
     threads: 2                       # optional; CPU threads for the render (bit-exactness depends on it)
     tolerances: {psnr_min: 40.0, ssim_min: 0.99, require_bit_exact: auto}   # optional; every key optional;
                                      # require_bit_exact: auto (default: when the stacks match) | true | false
@@ -29,6 +29,8 @@ case keeps *copies* of the small things (previews, lossless frames, config, cont
 
 ``base_model``/``vae``: absolute paths and hub ids are used as written; a relative value is taken relative
 to the case file when something exists there.
+
+How these keys rank against the command line and the pytest ini is decided in :mod:`harness.options`.
 """
 
 from __future__ import annotations
@@ -49,12 +51,11 @@ from harness.aitk.samples import UNREPRODUCIBLE, expand_samples
 from harness.errors import HarnessError
 from harness.fsutil import write_text_atomic
 from harness.paths import PathMap, resolve_ctrl_img
+from harness.render.profiles import profile_choices  # the registry alone: no torch
 from harness.stack import check_stack, load_stack, stack_beside
 from harness.spec import PreviewJob
 
 SCHEMA = "wan-parity/case@1"
-# Mirrors harness.render.profiles.PROFILES; kept here so reading a case never imports torch.
-PROFILE_NAMES = ("auto", "aitk-euler", "aitk-unipc", "aitk-unipc-old", "runcomfy", "diffusers-stock")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 REQUIRED = ("schema", "name", "golden_dir")
 OPTIONAL = ("lora_dir", "ctrl_images", "base_model", "vae", "path_map", "profile", "device", "threads", "tolerances",
@@ -121,6 +122,30 @@ class Case:
     def vae_path(self) -> str | None:
         """vae as the resolver expects it."""
         return _model_ref(self.base, self.vae)
+
+    def with_defaults(self, defaults: dict[str, Any] | None) -> Case:
+        """This case with ``defaults`` (the pytest ini's values, by case key) in the keys it leaves out.
+
+        The file wins over the ini (harness.options): a thread count its golden_stack records counts as set, and
+        the ini's path map sits under the file's own. Relative ini paths are taken from the working directory.
+        """
+        changes: dict[str, Any] = {}
+        for key, value in (defaults or {}).items():
+            if key == "path_map":
+                ini = {old: os.path.abspath(new) for old, new in PathMap(list(value)).pairs}
+                changes[key] = {**ini, **self.path_map}
+            elif key in ("base_model", "vae"):
+                if getattr(self, key) is None:
+                    changes[key] = _model_ref(Path.cwd(), value)
+            elif key in ("profile", "device"):
+                if getattr(self, key) == "auto":
+                    changes[key] = value
+            elif key == "threads":
+                if self.threads is None and not (self.golden_stack or {}).get("threads"):
+                    changes[key] = value
+            else:
+                raise ValueError(f"{key!r} is not a case key with a default")
+        return replace(self, **changes) if changes else self
 
     def preview_jobs(self, path_map: PathMap | Iterable[str] | None = None) -> list[PreviewJob]:
         """Discover the golden previews, pair them with the referenced LoRAs and the copied control images."""
@@ -291,8 +316,8 @@ class _Validator:
         return dict(value)
 
     def profile(self, value: Any) -> str:
-        if value not in PROFILE_NAMES:
-            self.fail("profile", f"{value!r} is not a sampler profile; choose one of {', '.join(PROFILE_NAMES)}")
+        if value not in profile_choices():
+            self.fail("profile", f"{value!r} is not a sampler profile; choose one of {', '.join(profile_choices())}")
         return value
 
     def device(self, value: Any) -> str:

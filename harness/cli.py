@@ -12,35 +12,27 @@ from pathlib import Path
 from .errors import HarnessError
 
 
-def _int_set(text: str | None, flag: str) -> set[int] | None:
-    if not text:
-        return None
-    try:
-        return {int(part) for part in text.split(",") if part.strip()}
-    except ValueError:
-        raise HarnessError(None, flag, f"{text!r} is not a comma-separated list of integers (e.g. 0,250,500)") from None
+def _add_options(parser: argparse.ArgumentParser, command: str) -> None:
+    """The options table's rows for this command (harness.options): flags, defaults and help in one place."""
+    from .options import options_for
+
+    for option in options_for(command):
+        kwargs = {"dest": option.dest, "default": option.default_for(command), "help": option.help_for(command)}
+        if option.action == "store_true":
+            kwargs["action"] = "store_true"
+        else:
+            kwargs.update(type=_reader(option, command), metavar=option.metavar_for())
+            if option.action == "append":
+                kwargs.update(action="append", default=list(kwargs["default"]))
+        parser.add_argument(option.flag(command), **kwargs)
 
 
-def _add_run_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--base-model", help="local diffusers Wan 2.2 I2V folder (overrides the job's name_or_path)")
-    parser.add_argument("--vae", help="local VAE folder (default: ai-toolkit/wan2.1-vae from the HF cache, else <base>/vae)")
-    parser.add_argument("--path-map", action="append", default=[], metavar="OLD=NEW",
-                        help="rewrite a training-machine path prefix (repeatable)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    parser.add_argument("--threads", type=int, help="CPU threads (CPU results depend on it; default 2 on CPU)")
-    parser.add_argument("--profile", help="sampler profile: auto, aitk-euler, aitk-unipc, aitk-unipc-old, runcomfy, diffusers-stock")
-    parser.add_argument("--golden-stack", type=Path, metavar="FILE",
-                        help="the stack that rendered the goldens (a `wan-parity fingerprint` file or any subset of its "
-                             "keys); pins this CPU to it and decides whether exactness is expected")
-    parser.add_argument("--ara", help="local copy of the accuracy recovery adapter a 'uint4|<ara>' job names")
-    parser.add_argument("--offload", default="none", choices=("none", "experts", "sequential"),
-                        help="memory mode, identical numerics: none (all on GPU), experts (active expert only; 80 GB "
-                             "for A14B), sequential (block by block; 24 GB cards)")
+def _reader(option, command: str):
+    """argparse ``type``: the table's parser; a bad value is one HarnessError line naming the flag."""
+    return lambda text: option.read(text, None, option.flag(command))
 
 
-def _add_filters(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--steps", help="only these training steps, e.g. 0,250")
-    parser.add_argument("--samples", help="only these sample indices, e.g. 0,2")
+TARGET_HELP = "case file, folder of case files, ai-toolkit output folder, or runcomfy request JSON"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,22 +41,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="re-render previews and compare them with their goldens")
-    run.add_argument("targets", nargs="+", metavar="TARGET",
-                     help="case file, folder of case files, ai-toolkit output folder, or runcomfy request JSON")
-    _add_run_options(run)
-    run.add_argument("--out", type=Path, default=Path("parity-out"), help="results, renders and report (default parity-out/)")
-    run.add_argument("--json", type=Path, help="also write the results JSON here")
-    run.add_argument("--save-frames", action="store_true", help="also save each render losslessly as uint8 .npy (F,H,W,3)")
-    _add_filters(run)
-    run.add_argument("--resume", action="store_true", help="skip previews whose result is already in --out")
+    run.add_argument("targets", nargs="+", metavar="TARGET", help=TARGET_HELP)
+    _add_options(run, "run")
     run.add_argument("--no-report", action="store_true", help="skip the HTML report")
 
     imp = sub.add_parser("import", help="turn an ai-toolkit output folder into a committed case")
-    imp.add_argument("output_dir", type=Path)
-    imp.add_argument("--name", required=True)
-    imp.add_argument("--cases-dir", type=Path, default=Path("cases"))
-    imp.add_argument("--golden-dir", type=Path, default=Path("golden"))
-    imp.add_argument("--path-map", action="append", default=[], metavar="OLD=NEW")
+    imp.add_argument("output_dir", type=Path, help="the ai-toolkit output folder (config.yaml, samples/, checkpoints)")
+    imp.add_argument("--name", required=True, help="case name: letters, digits, . _ - (the file and folder names)")
+    imp.add_argument("--cases-dir", type=Path, default=Path("cases"), help="where the case file goes (default cases/)")
+    imp.add_argument("--golden-dir", type=Path, default=Path("golden"),
+                     help="where the copied goldens go, as golden/NAME/ (default golden/)")
+    imp.add_argument("--path-map", action="append", default=[], metavar="OLD=NEW",
+                     help="rewrite a training-machine path prefix (repeatable; stored in the case)")
     imp.add_argument("--force", action="store_true", help="overwrite an existing case")
     imp.add_argument("--golden-stack", type=Path, metavar="FILE",
                      help="the stack that rendered the previews (default: the folder's golden_stack.yaml, if any)")
@@ -76,63 +64,54 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", help="write the HTML report from results JSON files (merges shards)")
     rep.add_argument("paths", nargs="+", type=Path, metavar="RESULTS", help="results.json files or --out folders")
-    rep.add_argument("--out", type=Path, default=Path("parity-out"))
+    rep.add_argument("--out", type=Path, default=Path("parity-out"), help="report folder (default parity-out/)")
     rep.add_argument("--baseline", type=Path, metavar="PREVIOUS.json",
                      help="previous run's results (or --out folder): mark regressions, exit 1 if any")
     rep.add_argument("--psnr-drop", type=float, default=1.0, metavar="DB",
                      help="encoded PSNR-min drop counted as a regression (default 1.0)")
 
     cal = sub.add_parser("calibrate", help="measure this stack's noise floor and suggest thresholds")
-    cal.add_argument("targets", nargs="+", metavar="TARGET")
-    _add_run_options(cal)
-    _add_filters(cal)
-    cal.add_argument("--out", type=Path, default=Path("parity-out/calibrate"))
+    cal.add_argument("targets", nargs="+", metavar="TARGET", help=TARGET_HELP)
+    _add_options(cal, "calibrate")
     cal.add_argument("--perturb", choices=["attention", "threads"], help="also render under a perturbed stack")
     cal.add_argument("--previews", type=int, default=3, help="how many previews to calibrate on (default 3)")
-    cal.add_argument("--margin-db", type=float, default=3.0)
-    cal.add_argument("--ssim-margin", type=float, default=0.02)
+    cal.add_argument("--margin-db", type=float, default=3.0,
+                     help="suggested PSNR minimum this far below the lowest observed (default 3.0)")
+    cal.add_argument("--ssim-margin", type=float, default=0.02,
+                     help="suggested SSIM minimum this far below the lowest observed (default 0.02)")
 
     dia = sub.add_parser("diagnose", help="re-render failing previews under single-knob variants and name the cause")
-    dia.add_argument("targets", nargs="+", metavar="TARGET")
-    _add_run_options(dia)
-    _add_filters(dia)
-    dia.add_argument("--out", type=Path, default=Path("parity-out/diagnose"))
+    dia.add_argument("targets", nargs="+", metavar="TARGET", help=TARGET_HELP)
+    _add_options(dia, "diagnose")
     dia.add_argument("--families", help="only these knob families (comma-separated): profile, shift, boundary, lora, "
                                         "multiplier, merge, posterior, dtype, seed, negative, resize, quantization")
     dia.add_argument("--force", action="store_true", help="sweep even previews that are already bit-exact")
 
     chk = sub.add_parser("selfcheck", help="render one preview twice; fail loudly if this stack is nondeterministic")
-    chk.add_argument("targets", nargs=1, metavar="TARGET")
-    _add_run_options(chk)
-    _add_filters(chk)
+    chk.add_argument("targets", nargs=1, metavar="TARGET", help=TARGET_HELP)
+    _add_options(chk, "selfcheck")
     chk.add_argument("--preview", type=int, default=0, help="which reproducible preview (default the first)")
-    chk.add_argument("--out", type=Path, default=Path("parity-out/selfcheck"))
 
     sub.add_parser("bench", help="time the exact path on the real A14B architecture with random weights",
                    add_help=False, prefix_chars="\0")  # options are bench's own: `wan-parity bench --help`
 
     demo = sub.add_parser("demo", help="build a tiny model offline, run the bundled case, write the report")
-    demo.add_argument("--out", type=Path, default=Path("parity-out/demo"))
+    demo.add_argument("--out", type=Path, default=Path("parity-out/demo"),
+                      help="model, results and report (default parity-out/demo/)")
     return parser
 
 
 def _options_and_targets(args, **extra):
     """Shared by run, diagnose, calibrate and selfcheck: validated options and the selected previews."""
-    from .paths import PathMap
-    from .options import RunOptions
+    from .options import resolve
     from .targets import collect, select, with_golden_stack
 
-    options = RunOptions(base_model=args.base_model, vae=args.vae, path_map=PathMap(args.path_map), device=args.device,
-                         out=args.out, threads=args.threads, profile=args.profile, offload=args.offload,
-                         ara=args.ara, **extra)
-    if args.profile and args.profile != "auto":
-        from .render.profiles import get_profile
-
-        get_profile(args.profile)
+    resolved = resolve(args.command, vars(args), **extra)
+    options = resolved.options
     targets = []
     for target in args.targets:
         targets.extend(collect(target, options.path_map, cache_dir=args.out / "ctrl-cache"))
-    targets = select(targets, _int_set(args.steps, "--steps"), _int_set(args.samples, "--samples"))
+    targets = select(targets, resolved.steps, resolved.samples)
     if not targets:
         raise HarnessError(None, "TARGET", "no previews selected (check --steps/--samples and the samples/ folder)")
     _check_writable(args.out)
@@ -279,7 +258,7 @@ def cmd_fingerprint(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    return run_demo(args.out)
+    return run_demo(args.out, show=print_table)
 
 
 COMMANDS = {"run": cmd_run, "import": cmd_import, "report": cmd_report, "calibrate": cmd_calibrate, "diagnose": cmd_diagnose,
@@ -296,8 +275,13 @@ def main(argv: list[str] | None = None) -> int:
         except HarnessError as exc:
             print(f"error: {exc.line()}", file=sys.stderr)
             return 2
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except HarnessError as exc:  # a value the options table refuses (argparse's own usage errors exit 2 there)
+        if "--debug" in argv:
+            raise
+        print(f"error: {exc.line()}", file=sys.stderr)
+        return 2
     try:
         return COMMANDS[args.command](args)
     except HarnessError as exc:

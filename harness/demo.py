@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -82,18 +83,32 @@ def regenerate_goldens(workdir: Path) -> None:
         write_like_aitk(samples / Path(target.preview.golden).name, frames, target.preview.sample.fps)
 
 
-def run_demo(out: Path, extra_args: list[str] | None = None) -> int:
-    from .cli import main
+def run_demo(out: Path, show=None) -> int:
+    """``run``'s path on the built folder (runner and report directly): results.json, report, exit code.
 
+    ``show(results)`` prints the table (the CLI passes its own); the report path goes to stderr as ``run`` does it.
+    """
+    from .fsutil import write_json_atomic
+    from .options import RunOptions
+    from .paths import PathMap
+    from .report import write_report
+    from .runner import exit_code, results_document, run_targets
     from .stack import apply_pin, plan_pin, stack_beside
+    from .targets import from_output_dir
 
     out = Path(out)
     workdir = out / "workspace"
     apply_pin(plan_pin(stack_beside(DEMO_CASE)))  # before building the model starts torch
     output = prepare(workdir)
     print(f"demo: tiny model and LoRAs built offline in {workdir}")
-    return main(["run", str(output), "--path-map", f"{DEMO_ROOT}={workdir}", "--device", "cpu", "--threads", "2",
-                 "--out", str(out), "--json", str(out / "results.json"), *(extra_args or [])])
+    options = RunOptions(path_map=PathMap([f"{DEMO_ROOT}={workdir}"]), device="cpu", threads=2, out=out)
+    environment, results = run_targets(from_output_dir(output, options.path_map), options)
+    document = results_document(environment, results)
+    write_json_atomic(out / "results.json", document)
+    print(f"report: {write_report(document, out)}", file=sys.stderr)
+    if show is not None:
+        show(results)
+    return exit_code(results)
 
 
 def main() -> None:

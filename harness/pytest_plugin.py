@@ -1,8 +1,9 @@
 """pytest plugin: every preview of every case file becomes a test item (pytest-mpl's shape).
 
 * one marker, ``gpu``, on every parity item: ``pytest -m gpu`` runs the parity suite;
-* options on the command line or in ini (command line wins): cases, device, out, json, profile, base model,
-  path maps, threads;
+* the options table of :mod:`harness.options` as ``--parity-<name>`` options and ``parity_<name>`` ini keys, with
+  its precedence: command line > case file > ini > default (an ini value fills in only what a case leaves out);
+* ``--parity-steps``/``--parity-samples`` deselect the previews they leave out (reported as deselected, like ``-k``);
 * a results folder (``--parity-out``) with per-preview results, renders, ``results.json`` and ``report.html``
   written at session end;
 * models, LoRAs and prompt embeddings are loaded once per process (session-scoped engine).
@@ -19,28 +20,17 @@ import pytest
 
 from .errors import HarnessError
 
-_OPTIONS = (
-    ("cases", "case file or folder of case files to collect (default: cases/ when no paths are given)", None),
-    ("device", "auto (default), cuda, cuda:N or cpu", "auto"),
-    ("out", "results folder: per-preview results, renders, results.json, report.html", "parity-out"),
-    ("json", "also write the results JSON here", None),
-    ("profile", "sampler profile override (auto, aitk-euler, aitk-unipc, aitk-unipc-old, runcomfy, diffusers-stock)", None),
-    ("base-model", "local diffusers Wan 2.2 I2V folder for every case", None),
-    ("threads", "CPU threads (CPU results depend on it; default 2 on CPU)", None),
-    ("offload", "memory mode with identical numerics: none, experts, sequential", "none"),
-    ("golden-stack", "stack file (`wan-parity fingerprint`) the session pins the CPU to, and the golden stack of cases "
-                     "that state none (default: the collected case files' golden_stack)", None),
-)
-
-
 def pytest_addoption(parser):
+    from .options import PYTEST, options_for
+
     group = parser.getgroup("wan-parity", "Wan 2.2 I2V parity against ai-toolkit previews")
-    for name, help_text, default in _OPTIONS:
-        group.addoption(f"--parity-{name}", dest=f"parity_{name.replace('-', '_')}", default=None, help=help_text)
-        parser.addini(f"parity_{name.replace('-', '_')}", help_text, default=default)
-    group.addoption("--parity-path-map", dest="parity_path_map", action="append", default=None, metavar="OLD=NEW",
-                    help="rewrite a training-machine path prefix (repeatable)")
-    parser.addini("parity_path_map", "path prefix rewrites OLD=NEW, one per line", type="linelist", default=[])
+    for option in options_for(PYTEST):
+        help_text = option.help_for(PYTEST)
+        kwargs = {"action": "store_true"} if option.action == "store_true" else {"metavar": option.metavar_for()}
+        if option.action == "append":
+            kwargs["action"] = "append"
+        group.addoption(option.flag(PYTEST), dest=option.ini, default=None, help=help_text, **kwargs)
+        parser.addini(option.ini, help_text, type="linelist" if option.action == "append" else None)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -95,24 +85,35 @@ def _case_stacks(config):
                     yield stack
 
 
+def run_settings(config):
+    """The session's options from the table (harness.options.resolve, as the CLI builds them); UsageError if bad."""
+    from .options import PYTEST, options_for, resolve
+
+    table = options_for(PYTEST)
+    try:
+        return resolve(PYTEST, {o.dest: config.getoption(o.ini) for o in table},
+                       {o.dest: config.getini(o.ini) for o in table}, ini_file=config.inipath)
+    except HarnessError as exc:
+        raise pytest.UsageError(exc.line()) from None
+
+
 def _setting(config, name: str):
-    """Command line first, then ini, then the default."""
-    key = f"parity_{name.replace('-', '_')}"
-    value = config.getoption(key)
-    return value if value not in (None, []) else config.getini(key)
+    """One option's value for the session (command line, else ini, else the default)."""
+    return config._parity.settings.values[name.replace("-", "_")]
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: a parity item or test that needs a CUDA device (`pytest -m gpu`)")
     config.addinivalue_line("markers", "xdist_group(name): keep items of one base model/LoRA on one xdist worker")
-    cases = config.getoption("parity_cases") or config.getini("parity_cases")
+    settings = run_settings(config)
+    cases = settings.values["cases"]
     if cases and _no_explicit_paths(config):
         config.args[:] = [str(cases)]  # only that file or folder, not the testpaths beside it
     elif cases:
         config.args.append(str(cases))
     elif _no_explicit_paths(config) and (config.rootpath / "cases").is_dir():
         config.args.append(str(config.rootpath / "cases"))
-    config._parity = ParitySession(config)
+    config._parity = ParitySession(config, settings)
 
 
 def _no_explicit_paths(config) -> bool:
@@ -129,11 +130,28 @@ def pytest_collect_file(file_path: Path, parent):
     return None
 
 
+def pytest_collection_modifyitems(session, config, items):
+    """``--parity-steps``/``--parity-samples``: the previews the filters leave out are deselected (harness.targets)."""
+    from .targets import select
+
+    settings = config._parity.settings
+    if settings.steps is None and settings.samples is None:
+        return
+    previews = [item for item in items if isinstance(item, PreviewItem)]
+    kept = {id(t) for t in select([item.target for item in previews], settings.steps, settings.samples)}
+    dropped = [item for item in previews if id(item.target) not in kept]
+    if dropped:
+        gone = {id(item) for item in dropped}
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [item for item in items if id(item) not in gone]
+
+
 class ParitySession:
     """Session-wide state: the render engine (models cached) and the results gathered for the report."""
 
-    def __init__(self, config):
+    def __init__(self, config, settings):
         self.config = config
+        self.settings = settings  # harness.options.Resolved
         self.results: list[dict] = []
         self.merged: dict | None = None
         self._engine = None
@@ -141,12 +159,11 @@ class ParitySession:
 
     @property
     def out(self) -> Path:
-        return Path(_setting(self.config, "out"))
+        return Path(self.settings.options.out)
 
     def path_map(self):
-        from .paths import PathMap
-
-        return PathMap(list(_setting(self.config, "path_map") or []))
+        """The command line's map; the ini's sits under each case's own (settings.case_defaults)."""
+        return self.settings.options.path_map
 
     def golden_stack(self):
         """The session's stack file (option, else ini) for cases that state none; None when not given."""
@@ -157,21 +174,17 @@ class ParitySession:
 
     def engine(self):
         if self._engine is None:
-            from .runner import Engine
-            from .options import RunOptions
+            from dataclasses import replace
 
-            threads = _setting(self.config, "threads")
-            options = RunOptions(base_model=_setting(self.config, "base_model"), path_map=self.path_map(),
-                                 device=self.device(), out=self.out, profile=_setting(self.config, "profile"),
-                                 threads=int(threads) if threads else None,
-                                 offload=str(_setting(self.config, "offload") or "none"))
-            self._engine = Engine(options)
+            from .runner import Engine
+
+            self._engine = Engine(replace(self.settings.options, device=self.device()))
             self.environment = self._engine.environment()
         return self._engine
 
     def device(self) -> str:
         """Under pytest-xdist, worker gwN takes the N-th visible GPU (within the caller's CUDA_VISIBLE_DEVICES)."""
-        device = str(_setting(self.config, "device") or "auto")
+        device = self.settings.options.device
         worker = getattr(self.config, "workerinput", {}).get("workerid")
         if worker is None or device not in ("auto", "cuda"):
             return device
@@ -188,12 +201,12 @@ class ParitySession:
     def skip_reason(self, target) -> str | None:
         """Items that must render on CUDA skip (with the reason) where none is visible; CPU items always run."""
         device = self.device()
+        if device == "auto" and target.device != "auto":
+            device = target.device  # the case's, or the ini's where the case says none
         golden_on_cuda = target.device == "cuda" or (target.golden_stack or {}).get("device") == "cuda"
         if device == "cpu" and golden_on_cuda:
             return ("the golden was rendered on CUDA: a CPU render cannot reproduce it (--parity-device cpu); run on "
                     "a GPU machine without --parity-device cpu")
-        if device == "auto" and target.device != "auto":
-            device = target.device
         if device == "cpu":
             return None
         import torch
@@ -209,7 +222,8 @@ class CaseFile(pytest.File):
 
         session = self.config._parity
         try:
-            targets = with_golden_stack(from_case(self.path, session.path_map()), session.golden_stack())
+            targets = from_case(self.path, session.path_map(), session.settings.case_defaults)
+            targets = with_golden_stack(targets, session.golden_stack())
         except HarnessError as exc:
             yield BrokenCase.from_parent(self, name="case", error=exc)
             return

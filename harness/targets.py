@@ -35,13 +35,16 @@ def _gaps(job) -> list[str]:
     return [reason] if reason else []
 
 
-def from_case(case_file: Path, path_map: PathMap | None = None) -> list[PreviewTarget]:
-    """A committed case: goldens from golden_dir, LoRAs from lora_dir, tolerances and profile from the case."""
+def from_case(case_file: Path, path_map: PathMap | None = None, defaults: dict | None = None) -> list[PreviewTarget]:
+    """A committed case: goldens from golden_dir, LoRAs from lora_dir, tolerances and profile from the case.
+
+    ``defaults``: values for the case keys the file leaves out (the pytest ini; see harness.options).
+    """
     from .aitk.job import load_job
     from .case import load_case
     from .metrics import Thresholds
 
-    case = load_case(case_file)
+    case = load_case(case_file).with_defaults(defaults)
     config = case.checked_golden_path() / "config.yaml"
     job = load_job(config)
     combined = case.combined_map(path_map)

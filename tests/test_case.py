@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from harness.aitk.outputs import discover
-from harness.case import (PROFILE_NAMES, SCHEMA, Case, find_case_files, import_output, is_aitk_output_dir,
+from harness.case import (SCHEMA, Case, find_case_files, import_output, is_aitk_output_dir,
                           is_case_file, load_case, save_case)
 from harness.errors import HarnessError
 
@@ -126,11 +126,6 @@ def test_unreadable_files(tmp_path):
     p.write_text("- a list\n")
     assert "top level" in error_of(p).message
     assert "not found" in error_of(tmp_path / "none.yaml").message
-
-
-def test_profile_names_match_renderer():
-    profiles = pytest.importorskip("harness.render.profiles")
-    assert set(PROFILE_NAMES) == {"auto", *profiles.PROFILES}
 
 
 # ---------------------------------------------------------------- import

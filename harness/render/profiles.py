@@ -56,6 +56,15 @@ PROFILES: dict[str, SamplerProfile] = {
 }
 
 DEFAULT_PROFILE = "aitk-euler"
+AUTO = "auto"  # not a profile: pick one from the ai-toolkit version in the LoRA metadata
+
+
+def profile_choices() -> tuple[str, ...]:
+    """Every name a user may give (case files, --profile, --parity-profile): the registry plus auto.
+
+    Read at call time, so a profile added to ``PROFILES`` is valid everywhere with no other edit.
+    """
+    return (AUTO, *PROFILES)
 
 
 def get_profile(name: str, source: str = "--profile") -> SamplerProfile:
