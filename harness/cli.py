@@ -188,7 +188,7 @@ def _write_report(document: dict, out: Path) -> None:
 
 
 def cmd_import(args) -> int:
-    from .case import import_output
+    from .case_import import import_output
     from .paths import PathMap
 
     path = import_output(args.output_dir, args.name, cases_dir=args.cases_dir, golden_dir=args.golden_dir,
@@ -258,7 +258,7 @@ def cmd_fingerprint(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    return run_demo(args.out, show=print_table)
+    return run_demo(args.out)
 
 
 COMMANDS = {"run": cmd_run, "import": cmd_import, "report": cmd_report, "calibrate": cmd_calibrate, "diagnose": cmd_diagnose,

@@ -83,16 +83,15 @@ def regenerate_goldens(workdir: Path) -> None:
         write_like_aitk(samples / Path(target.preview.golden).name, frames, target.preview.sample.fps)
 
 
-def run_demo(out: Path, show=None) -> int:
-    """``run``'s path on the built folder (runner and report directly): results.json, report, exit code.
-
-    ``show(results)`` prints the table (the CLI passes its own); the report path goes to stderr as ``run`` does it.
-    """
+def run_demo(out: Path) -> int:
+    """``run``'s path on the built folder (runner, report and console directly): results.json, report, exit code."""
+    from .console import preview_progress, print_errors, print_results
     from .fsutil import write_json_atomic
     from .options import RunOptions
     from .paths import PathMap
     from .report import write_report
-    from .runner import exit_code, results_document, run_targets
+    from .result import exit_code, results_document
+    from .runner import run_targets
     from .stack import apply_pin, plan_pin, stack_beside
     from .targets import from_output_dir
 
@@ -102,12 +101,14 @@ def run_demo(out: Path, show=None) -> int:
     output = prepare(workdir)
     print(f"demo: tiny model and LoRAs built offline in {workdir}")
     options = RunOptions(path_map=PathMap([f"{DEMO_ROOT}={workdir}"]), device="cpu", threads=2, out=out)
-    environment, results = run_targets(from_output_dir(output, options.path_map), options)
+    targets = from_output_dir(output, options.path_map)
+    with preview_progress(len(targets)) as (on_result, on_step):
+        environment, results = run_targets(targets, options, on_result=on_result, progress=on_step)
     document = results_document(environment, results)
     write_json_atomic(out / "results.json", document)
     print(f"report: {write_report(document, out)}", file=sys.stderr)
-    if show is not None:
-        show(results)
+    print_results(results)
+    print_errors(results)
     return exit_code(results)
 
 

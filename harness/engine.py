@@ -106,6 +106,17 @@ def set_threads(threads: int | None, device: str) -> int:
     return torch.get_num_threads()
 
 
+def choose_profile(target: PreviewTarget, override: str | None, aitk_version: str | None):
+    """(profile, why): ``override`` (the run's --profile), else the case's; ``auto`` follows the ai-toolkit version
+    in the LoRA metadata (§7.1)."""
+    from .render.profiles import get_profile, profile_for_aitk_version
+
+    name = override or target.profile or "auto"
+    if name != "auto":
+        return get_profile(name), f"profile {name} chosen explicitly"
+    return profile_for_aitk_version(aitk_version)
+
+
 def torch_device_type(device) -> str:
     return str(device).split(":")[0]
 
@@ -200,13 +211,8 @@ class Engine:
         return None
 
     def choose_profile(self, target: PreviewTarget):
-        """(profile, why): by name, or ``auto`` from the ai-toolkit version in the LoRA metadata (§7.1)."""
-        from .render.profiles import get_profile, profile_for_aitk_version
-
-        name = self.options.profile or target.profile or "auto"
-        if name != "auto":
-            return get_profile(name), f"profile {name} chosen explicitly"
-        return profile_for_aitk_version(self.aitk_version(target))
+        """(profile, why) for this target under this run's ``--profile``."""
+        return choose_profile(target, self.options.profile, self.aitk_version(target))
 
     def profile_is_auto(self, target: PreviewTarget) -> bool:
         return (self.options.profile or target.profile or "auto") == "auto"

@@ -176,7 +176,7 @@ class ParitySession:
         if self._engine is None:
             from dataclasses import replace
 
-            from .runner import Engine
+            from .engine import Engine
 
             self._engine = Engine(replace(self.settings.options, device=self.device()))
             self.environment = self._engine.environment()

@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from harness.aitk.outputs import discover
-from harness.case import (SCHEMA, Case, find_case_files, import_output, is_aitk_output_dir,
-                          is_case_file, load_case, save_case)
+from harness.case import SCHEMA, Case, find_case_files, is_aitk_output_dir, is_case_file, load_case, save_case
+from harness.case_import import import_output
 from harness.errors import HarnessError
 
 ORACLE = Path("/work/shared/oracle")
