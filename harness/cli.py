@@ -111,8 +111,8 @@ def _options_and_targets(args, **extra):
     targets = []
     for target in args.targets:
         targets.extend(collect(target, options.path_map, cache_dir=args.out / "ctrl-cache"))
-    targets = select(targets, resolved.steps, resolved.samples)
-    if not targets:
+    targets = select(targets, resolved.steps, resolved.samples, resolved.shard)
+    if not targets and resolved.shard is None:
         raise HarnessError(None, "TARGET", "no previews selected (check --steps/--samples and the samples/ folder)")
     _check_writable(args.out)
     pin_for(with_golden_stack(targets, _golden_stack(args)))

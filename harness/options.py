@@ -76,6 +76,17 @@ def _int_set(text: str) -> set[int] | None:
         raise ValueError(f"{text!r} is not a comma-separated list of integers (e.g. 0,250,500)") from None
 
 
+def _shard(text: str) -> tuple[int, int]:
+    """``I/N``, 1-based as a CI matrix counts (a Kubernetes Indexed Job passes ``$((JOB_COMPLETION_INDEX + 1))/N``)."""
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise ValueError(f"{text!r} is not I/N (e.g. 1/4)") from None
+    if count < 1 or not 1 <= index <= count:
+        raise ValueError(f"{text!r}: need 1 <= I <= N (e.g. 1/4 .. 4/4)")
+    return index, count
+
+
 def _path_map_entry(text: str) -> str:
     old, sep, new = text.partition("=")
     if not sep or not old.strip() or not new.strip():
@@ -185,6 +196,9 @@ OPTIONS: tuple[Option, ...] = (
            default=False, commands=("run", PYTEST), field="save_frames"),
     Option("steps", "only these training steps, e.g. 0,250", parse=_int_set),
     Option("samples", "only these sample indices, e.g. 0,2", parse=_int_set),
+    Option("shard", "only shard I of N (e.g. 2/4) of the selected previews: whole (base model, LoRA) groups, the "
+                    "same split on every machine; merge the shards with `wan-parity report`", parse=_shard,
+           metavar="I/N", commands=("run", PYTEST)),
     # CLI only: pytest reruns what it wants to with its own --lf / --sw.
     Option("resume", "skip previews whose result is already in --out", action="store_true", default=False,
            commands=("run",), field="resume"),
@@ -214,6 +228,10 @@ class Resolved:
     @property
     def samples(self) -> set[int] | None:
         return self.values.get("samples")
+
+    @property
+    def shard(self) -> tuple[int, int] | None:
+        return self.values.get("shard")
 
 
 def _given(value: Any) -> bool:

@@ -131,14 +131,15 @@ def pytest_collect_file(file_path: Path, parent):
 
 
 def pytest_collection_modifyitems(session, config, items):
-    """``--parity-steps``/``--parity-samples``: the previews the filters leave out are deselected (harness.targets)."""
+    """``--parity-steps``/``--parity-samples``/``--parity-shard``: previews left out are deselected (harness.targets)."""
     from .targets import select
 
     settings = config._parity.settings
-    if settings.steps is None and settings.samples is None:
+    if settings.steps is None and settings.samples is None and settings.shard is None:
         return
     previews = [item for item in items if isinstance(item, PreviewItem)]
-    kept = {id(t) for t in select([item.target for item in previews], settings.steps, settings.samples)}
+    kept = {id(t) for t in select([item.target for item in previews], settings.steps, settings.samples,
+                                  settings.shard)}
     dropped = [item for item in previews if id(item.target) not in kept]
     if dropped:
         gone = {id(item) for item in dropped}

@@ -102,23 +102,12 @@ def with_golden_stack(targets: list[PreviewTarget], stack: dict | None) -> list[
     return targets
 
 
-def select(targets: list[PreviewTarget], steps: set[int] | None, samples: set[int] | None) -> list[PreviewTarget]:
-    """The ``--steps``/``--samples`` filters."""
-    return [t for t in targets
+def select(targets: list[PreviewTarget], steps: set[int] | None, samples: set[int] | None,
+           shard_of: tuple[int, int] | None = None) -> list[PreviewTarget]:
+    """The ``--steps``/``--samples`` filters, then ``--shard I/N`` (of what the filters kept)."""
+    kept = [t for t in targets
             if (steps is None or t.preview.step in steps) and (samples is None or t.preview.index in samples)]
-
-
-def parse_shard(text: str | None, flag: str = "--shard") -> tuple[int, int] | None:
-    """``I/N`` (1-based, as a CI matrix counts) as (I, N); None when not given."""
-    if not text:
-        return None
-    try:
-        index, count = (int(part) for part in str(text).split("/"))
-    except ValueError:
-        raise HarnessError(None, flag, f"{text!r} is not I/N (e.g. 1/4)") from None
-    if count < 1 or not 1 <= index <= count:
-        raise HarnessError(None, flag, f"{text!r}: need 1 <= I <= N (e.g. 1/4 .. 4/4)")
-    return index, count
+    return kept if shard_of is None else shard(kept, *shard_of)
 
 
 def shard_group(target: PreviewTarget) -> tuple:

@@ -201,6 +201,17 @@ def test_pytest_steps_and_samples_deselect(pytester):
     assert len(deselected) == 4
 
 
+def test_pytest_shards_partition_the_items(pytester):
+    case = write_case(pytester.path, "open")
+    names = []
+    for index in (1, 2):
+        _, calls = pytester.inline_genitems("-p", "no:cacheprovider", str(case), "--parity-shard", f"{index}/2")
+        names.append({item.name for item in calls.getcall("pytest_collection_finish").session.items})
+    _, calls = pytester.inline_genitems("-p", "no:cacheprovider", str(case))
+    everything = {item.name for item in calls.getcall("pytest_collection_finish").session.items}
+    assert not names[0] & names[1] and names[0] | names[1] == everything
+
+
 # ---------------------------------------------------------------------------------------------- the demo
 
 

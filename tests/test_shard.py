@@ -8,7 +8,9 @@ import pytest
 
 from harness.errors import HarnessError
 from harness.spec import LoraPair, PreviewJob, PreviewTarget, SampleSpec
-from harness.targets import parse_shard, shard, shard_group
+from harness.options import by_name
+from harness.targets import select, shard, shard_group
+from tests.oracle_paths import PATH_MAP, needs_oracle, output_dir
 
 
 def _target(case: str, step: int, index: int, lora: str | None, model: str = "base") -> PreviewTarget:
@@ -59,9 +61,39 @@ def test_the_split_does_not_depend_on_order_or_machine_paths():
 @pytest.mark.parametrize("text", ["0/4", "5/4", "1/0", "x", "1/2/3", "-1/3"])
 def test_bad_shards_are_one_clear_line(text):
     with pytest.raises(HarnessError) as info:
-        parse_shard(text, "--shard")
+        by_name("shard").read(text, None, "--shard")
     assert info.value.line().startswith("--shard") and text in info.value.line()
 
 
-def test_parse_shard():
-    assert parse_shard("2/4") == (2, 4) and parse_shard(None) is None
+def test_shard_reads_and_applies_after_the_filters():
+    assert by_name("shard").read("2/4", None, "--shard") == (2, 4)
+    suite = _suite()
+    kept = select(suite, {250, 500}, None)
+    assert select(suite, {250, 500}, None, (1, 2)) == shard(kept, 1, 2)
+
+
+@needs_oracle
+def test_a_sharded_run_merges_to_the_same_results_as_one_run(tmp_path):
+    """Two `run --shard I/2` processes' outputs merged by `report` hold what one run holds (the oracle, CPU)."""
+    import json
+
+    from harness.cli import main
+
+    def run(out, *extra):
+        assert main(["run", str(output_dir("case_a")), "--path-map", PATH_MAP, "--device", "cpu", "--samples", "0",
+                     "--out", str(out), "--no-report", *extra]) == 0
+
+    run(tmp_path / "whole")
+    run(tmp_path / "s1", "--shard", "1/2")
+    run(tmp_path / "s2", "--shard", "2/2")
+    assert main(["report", str(tmp_path / "s1"), str(tmp_path / "s2"), "--out", str(tmp_path / "merged")]) == 0
+
+    def comparable(folder):
+        doc = json.loads(next(f for f in (folder / "results.merged.json", folder / "results.json") if f.is_file()).read_text())
+        drop = ("seconds", "render_path", "frames_path")
+        return [{k: v for k, v in r.items() if k not in drop} for r in doc["results"]], doc["summary"]
+
+    whole, merged = comparable(tmp_path / "whole"), comparable(tmp_path / "merged")
+    assert len(whole[0]) >= 2 and whole == merged
+    parts = [json.loads((tmp_path / s / "results.json").read_text())["results"] for s in ("s1", "s2")]
+    assert parts[0] and parts[1]
