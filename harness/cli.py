@@ -35,10 +35,39 @@ def _reader(option, command: str):
 TARGET_HELP = "case file, folder of case files, ai-toolkit output folder, or runcomfy request JSON"
 
 
+DESCRIPTION = ("Re-render the sample previews ai-toolkit made while training a Wan 2.2 I2V LoRA,\n"
+               "compare them frame by frame with the goldens, and explain any drift.")
+EPILOG = """first steps:
+  wan-parity demo                                   the whole flow on a tiny offline model
+  wan-parity run OUTPUT_DIR --path-map OLD=NEW      check an ai-toolkit output folder
+  wan-parity diagnose OUTPUT_DIR --steps S --samples I    name the setting behind a drift
+  wan-parity report SHARD_DIR... --out DIR          merge shards into one report
+exit codes: 0 every check passed, 1 some preview drifted, 2 bad input or usage"""
+
+
+def _global_flags() -> argparse.ArgumentParser:
+    """Flags every command takes, before or after its name (``--debug`` at either place)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show tracebacks instead of one-line errors")
+    return common
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="wan-parity", description=__doc__.splitlines()[0])
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    sub = parser.add_subparsers(dest="command", required=True)
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="wan-parity", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    parser.add_argument("--version", action="version", version=f"wan-parity {__version__}")
+    common = _global_flags()
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_parser = sub.add_parser
+
+    def with_globals(name, **kwargs):
+        return add_parser(name, parents=kwargs.pop("parents", []) + [common], **kwargs)
+
+    sub.add_parser = with_globals
 
     run = sub.add_parser("run", help="re-render previews and compare them with their goldens")
     run.add_argument("targets", nargs="+", metavar="TARGET", help=TARGET_HELP)
