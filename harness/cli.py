@@ -248,11 +248,13 @@ def cmd_calibrate(args) -> int:
 
 
 def cmd_diagnose(args) -> int:
+    from .console import variant_progress
     from .diagnose import diagnose_main, format_table
 
     options, targets = _options_and_targets(args)
     families = [f.strip() for f in args.families.split(",")] if args.families else None
-    document, code = diagnose_main(targets, options, args.out, families=families, force=args.force)
+    document, code = diagnose_main(targets, options, args.out, families=families, force=args.force,
+                                   progress=variant_progress())
     for entry in document["diagnoses"]:
         if entry.get("ranked") and entry["status"] != "exact":
             print(format_table(entry))

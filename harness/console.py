@@ -102,3 +102,13 @@ def print_errors(results: list[PreviewResult], stream=None) -> None:
     for r in results:
         if r.status == "error":
             print(f"error: {r.message}", file=stream or sys.stderr)
+
+
+def variant_progress(stream=None):
+    """``diagnose``'s callback ``(key, variant, done, total)``: one line per rendered variant, on a terminal or not."""
+    stream = stream or sys.stderr
+
+    def on_variant(key: str, variant: str, done: int, total: int) -> None:
+        print(f"[diagnose {done}/{total}] {key}: {variant}", file=stream, flush=True)
+
+    return on_variant

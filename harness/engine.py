@@ -42,6 +42,7 @@ class RenderSettings:
     resize: str = "stretch"  # how the control image is fitted (ai-toolkit stretches)
     overrides: tuple = ()  # ((field, value), ...) of ``profile`` changed by a variant
     profile_why: str = field(default="", compare=False)  # how the profile was chosen (a note, not a knob)
+    profile_forced: bool = field(default=False, compare=False)  # --profile or the case chose it, not `auto`
 
     @property
     def sampler(self):
@@ -225,7 +226,8 @@ class Engine:
         preview = target.preview
         plan = quantization_plan(target.model_block, self.aitk_version(target), ara_path=self.options.ara)
         return RenderSettings(profile=profile, sample=preview.sample, multiplier=preview.multiplier, use_lora=True,
-                              merged=preview.merged, quantization=plan, profile_why=why)
+                              merged=preview.merged, quantization=plan, profile_why=why,
+                              profile_forced=not self.profile_is_auto(target))
 
     def approximations(self, target: PreviewTarget, settings: RenderSettings, device: str) -> list[str]:
         """Reasons this render cannot claim bit-exactness, said up front rather than discovered as drift."""

@@ -72,3 +72,13 @@ def test_a_failing_run_in_a_ci_log(tmp_path, capsys):
     assert "fails thresholds PSNR >= 30 dB, SSIM >= 0.9" in captured.out or "fails bit-exact required" in captured.out
     assert "passed, " in captured.out and " failed, " in captured.out
     assert f"next: wan-parity diagnose {folder} --path-map {PATH_MAP}" in captured.out
+
+
+def test_diagnose_progress_is_one_line_per_variant():
+    from harness.console import variant_progress
+
+    out = io.StringIO()
+    callback = variant_progress(out)
+    callback("c::0::0", "baseline", 1, 3)
+    callback("c::0::0", "shift 3", 2, 3)
+    assert out.getvalue().splitlines() == ["[diagnose 1/3] c::0::0: baseline", "[diagnose 2/3] c::0::0: shift 3"]

@@ -315,3 +315,19 @@ def test_explanation_unexplained_when_no_variant_passes():
                                     "and improves on the 20.0 dB baseline")
     assert dg.exit_code([{"status": "unexplained"}, {"status": "explained"}]) == 1
     assert dg.exit_code([{"status": "exact"}, {"status": "unreproducible"}, {"status": "numeric"}]) == 0
+
+
+def test_a_forced_profile_is_blamed_on_the_override_not_on_the_version():
+    """With --profile forced, the profile variants' meaning names the override (not another ai-toolkit version)."""
+    from harness.engine import RenderSettings
+
+    sample = SampleSpec(index=0, prompt="p", negative_prompt="", seed=1, width=16, height=16, num_frames=1,
+                        guidance_scale=1.0, sample_steps=1, network_multiplier=1.0, fps=16, ctrl_img=None)
+    target = PreviewTarget(preview=PreviewJob(case="c", golden=Path("g.webp"), step=0, index=0, sample=sample,
+                                              lora=None, merged=False), model_name="m", config_file=Path("c.yaml"))
+    for forced in (True, False):
+        base = RenderSettings(profile=PROFILES["runcomfy"], sample=sample, multiplier=1.0, use_lora=True,
+                              merged=False, profile_forced=forced)
+        euler = next(v for v in dg.variants_for(target, base, ("profile",)) if v.name == "aitk-euler")
+        assert ("forced profile runcomfy" in euler.meaning) is forced
+        assert ("another ai-toolkit version" in euler.meaning) is not forced

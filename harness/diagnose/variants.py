@@ -59,11 +59,14 @@ def _has_lora(target, base: RenderSettings) -> bool:
 def _profiles(target, base: RenderSettings) -> list[Variant]:
     from ..render.profiles import PROFILES
 
-    return [_profile_variant(p) for name, p in PROFILES.items() if name != base.profile.name]
+    return [_profile_variant(p, base) for name, p in PROFILES.items() if name != base.profile.name]
 
 
-def _profile_variant(p) -> Variant:
-    if p.exact:
+def _profile_variant(p, base: RenderSettings) -> Variant:
+    if base.profile_forced:
+        meaning = (f"the run forced profile {base.profile.name} (--profile or the case's `profile:`), and ai-toolkit "
+                   f"sampled this preview like {p.name}; drop the override (profile auto) or pass --profile {p.name}")
+    elif p.exact:
         meaning = (f"it was rendered by another ai-toolkit version's sampler; check the LoRA metadata's software.version "
                    f"or pass --profile {p.name}")
     else:
