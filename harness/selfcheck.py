@@ -8,6 +8,7 @@ exactness, so a nondeterministic result comes with the likely reason next to it.
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -61,7 +62,7 @@ def compare_renders(a: np.ndarray, b: np.ndarray, fps: int = 16, ext: str = "web
     if a.shape != b.shape:
         raise HarnessError("selfcheck", "frames", f"the two renders have different shapes {a.shape} and {b.shape}")
     lossless = compare_to_golden(b, Golden.from_render(a, fps, ext)).raw_golden
-    frames = sum(1 for value in lossless.psnr if value != float("inf"))
+    frames = sum(1 for value in lossless.psnr if not math.isinf(value))
     return frames, lossless.differing_pixels, lossless.max_abs_diff
 
 

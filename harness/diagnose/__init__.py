@@ -87,7 +87,7 @@ from .context import Context, effective_key, load_context, render_identity, rend
 from .document import SCHEMA, STATUSES, exit_code, run_diagnosis, summarize
 from .explain import explain
 from .knobs import BASELINE, FAMILIES, PROFILE_FIELDS, Variant, changes, check_families, mult_key
-from .results import FOUND_STATUSES, Diagnosis, Row, json_safe
+from .results import FOUND_STATUSES, Diagnosis, Row
 from .sweep import compare, diagnose_target, rank
 from .table import format_table
 from .variants import BOUNDARIES, MULTIPLIER_GRID, SHIFTS, WAN_NEGATIVE, WAN_NEGATIVE_EN, variants_for
@@ -105,6 +105,6 @@ __all__ = [
     "BASELINE", "BOUNDARIES", "Context", "Diagnosis", "Engine", "FAMILIES", "FOUND_STATUSES", "HarnessError",
     "MULTIPLIER_GRID", "PROFILE_FIELDS", "PreviewTarget", "RenderSettings", "Row", "RunOptions", "SCHEMA", "SHIFTS", "STATUSES",
     "Variant", "WAN_NEGATIVE", "WAN_NEGATIVE_EN", "changes", "check_families", "compare", "diagnose_main",
-    "diagnose_target", "effective_key", "exit_code", "explain", "format_table", "json_safe", "load_context",
+    "diagnose_target", "effective_key", "exit_code", "explain", "format_table", "load_context",
     "mult_key", "rank", "render_identity", "render_knobs", "run_diagnosis", "summarize", "variants_for",
 ]

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ..numbers import to_json
 from .knobs import BASELINE
 
 if TYPE_CHECKING:
@@ -43,22 +44,10 @@ class Row:
 
     def to_json(self) -> dict:
         return {"rank": self.rank, "variant": self.variant, "family": self.family, "description": self.description,
-                "changes": json_safe(self.changes), "bit_exact": self.bit_exact, "psnr_min": json_safe(self.psnr_min),
-                "psnr_mean": json_safe(self.psnr_mean), "ssim_min": json_safe(self.ssim_min),
-                "ssim_mean": json_safe(self.ssim_mean), "max_abs_diff": self.max_abs_diff, "mismatch": self.mismatch,
+                "changes": to_json(self.changes), "bit_exact": self.bit_exact, "psnr_min": to_json(self.psnr_min),
+                "psnr_mean": to_json(self.psnr_mean), "ssim_min": to_json(self.ssim_min),
+                "ssim_mean": to_json(self.ssim_mean), "max_abs_diff": self.max_abs_diff, "mismatch": self.mismatch,
                 "bit_exact_raw": self.bit_exact_raw, "same_as": self.same_as, "seconds": round(self.seconds, 3)}
-
-
-def json_safe(value):
-    """Strict JSON: NaN as null, infinities as "inf" / "-inf" (as results.json writes them), dicts recursively."""
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, float):
-        if math.isnan(value):
-            return None
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-    return value
 
 
 @dataclass

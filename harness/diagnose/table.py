@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..numbers import fmt_db
 from .results import Diagnosis
 
 
@@ -19,8 +20,4 @@ def format_table(diagnosis: Diagnosis | dict) -> str:
 
 def _cell(value, digits: int = 2) -> str:
     """A JSON number as a table cell: "-" when not computed, "inf" for identical frames."""
-    if value is None:
-        return "-"
-    if value == "inf":
-        return "inf"
-    return f"{float(value):.{digits}f}"
+    return fmt_db(value, digits, "-")
