@@ -92,6 +92,7 @@ from .sweep import compare, diagnose_target, rank
 from .table import format_table
 from .variants import BOUNDARIES, MULTIPLIER_GRID, SHIFTS, WAN_NEGATIVE, WAN_NEGATIVE_EN, variants_for
 
+
 def diagnose_main(targets: list[PreviewTarget], options: RunOptions, out_dir, families=None, progress=None,
                   force: bool = False) -> tuple[dict, int]:
     """Diagnose every target; writes ``out_dir/diagnosis.json`` and returns (document, exit code).

@@ -10,6 +10,7 @@ from ..numbers import fmt_db
 from .knobs import BASELINE
 from .results import FOUND_STATUSES, Diagnosis, Row
 
+
 def explain(diagnosis: Diagnosis, baseline: Row, thresholds) -> None:
     """Set ``status``, ``found``, ``best`` and ``explanation`` from the ranked rows (or the baseline when unswept)."""
     if not diagnosis.swept:
@@ -26,16 +27,20 @@ def explain(diagnosis: Diagnosis, baseline: Row, thresholds) -> None:
             status, sentence = _closest(best, baseline, thresholds)
     diagnosis.status, diagnosis.found, diagnosis.explanation = status, status in FOUND_STATUSES, sentence
 
+
 def _db(value) -> str:
     return fmt_db(value, 1)
+
 
 def _shape(baseline: Row) -> tuple[str, str]:
     return "unexplained", (f"The golden and the render differ in shape ({baseline.mismatch}); no sampler knob changes "
                            "the frame count or size, so check width/height/num_frames snapping first.")
 
+
 def _exact(profile: str | None) -> tuple[str, str]:
     return "exact", (f"The baseline render (profile {profile}) is already bit-exact with the golden; there is no "
                      "drift to explain.")
+
 
 def _matched(best: Row, twins: list[str]) -> tuple[str, str]:
     """A single-knob variant is bit-exact: the explanation names it (and the variants rendering the same frames)."""
@@ -43,6 +48,7 @@ def _matched(best: Row, twins: list[str]) -> tuple[str, str]:
     kind = "profile" if best.family == "profile" else "variant"
     return "explained", (f"The golden matches the `{best.variant}` {kind} ({best.description}){also} bit-exactly: "
                          f"{best.meaning}.")
+
 
 def _closest(best: Row | None, baseline: Row, thresholds) -> tuple[str, str]:
     """Nothing is exact: a better variant within thresholds is likely, a passing baseline leaves numeric drift."""

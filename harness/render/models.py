@@ -13,6 +13,7 @@ from .offload import HOST, OFFLOAD_MODES, BlockStreamer, Parking
 
 BF16 = torch.bfloat16
 
+
 @dataclass
 class ModelBundle:
     """Both experts, the VAE, the UMT5 encoder and its tokenizer; ``device`` is where every kernel runs.
@@ -85,6 +86,7 @@ class ModelBundle:
     def experts(self) -> dict[str, torch.nn.Module]:
         return {"high": self.transformer, "low": self.transformer_2}
 
+
 def load_tokenizer(path: Path):
     """A T5 tokenizer without the SentencePiece precompiled normalizer, like ai-toolkit's PatchedT5Tokenizer."""
     from transformers import T5Tokenizer
@@ -92,6 +94,7 @@ def load_tokenizer(path: Path):
     tokenizer = T5Tokenizer.from_pretrained(str(path), _spm_precompiled_charsmap=None)
     tokenizer._tokenizer.normalizer = None
     return tokenizer
+
 
 def _quiet():
     """diffusers warns on the deliberate whole-model bf16 cast, and both libraries draw their own loading bars;
@@ -103,6 +106,7 @@ def _quiet():
         module.set_verbosity_error()
         module.disable_progress_bar()
 
+
 def load_transformer(base_dir: Path, subfolder: str, device, cast_whole_bf16: bool):
     """``from_pretrained(torch_dtype=bf16)`` then, like ai-toolkit, ``.to(bf16)`` so fp32-kept modules become bf16."""
     from diffusers import WanTransformer3DModel
@@ -111,6 +115,7 @@ def load_transformer(base_dir: Path, subfolder: str, device, cast_whole_bf16: bo
     if cast_whole_bf16:
         model = model.to(dtype=BF16)
     return model.to(device).eval().requires_grad_(False)
+
 
 def load_bundle(base_dir: Path, vae_dir: Path, device, cast_whole_bf16: bool = True, quantization=None,
                 offload: str = "none") -> ModelBundle:
@@ -141,6 +146,7 @@ def load_bundle(base_dir: Path, vae_dir: Path, device, cast_whole_bf16: bool = T
         apply_plan(bundle, quantization)
     bundle.set_offload(offload)
     return bundle
+
 
 class ModelCache:
     """Loaded bundles keyed by (base, vae, device, dtype rule, quantization): a run loads each base model once.
