@@ -115,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     dia.add_argument("--families", help="only these knob families (comma-separated): profile, shift, boundary, lora, "
                                         "multiplier, merge, posterior, dtype, seed, negative, resize, quantization")
     dia.add_argument("--force", action="store_true", help="sweep even previews that are already bit-exact")
+    dia.add_argument("--exhaustive", action="store_true",
+                     help="render every variant (default: stop at the first bit-exact one, and confirm a setting "
+                          "found on one preview of a job on its later previews with one render each)")
 
     chk = sub.add_parser("selfcheck", help="render one preview twice; fail loudly if this stack is nondeterministic")
     chk.add_argument("targets", nargs=1, metavar="TARGET", help=TARGET_HELP)
@@ -254,7 +257,7 @@ def cmd_diagnose(args) -> int:
     options, targets = _options_and_targets(args)
     families = [f.strip() for f in args.families.split(",")] if args.families else None
     document, code = diagnose_main(targets, options, args.out, families=families, force=args.force,
-                                   progress=variant_progress())
+                                   progress=variant_progress(), exhaustive=args.exhaustive)
     for entry in document["diagnoses"]:
         if entry.get("ranked") and entry["status"] != "exact":
             print(format_table(entry))

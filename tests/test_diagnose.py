@@ -148,7 +148,7 @@ SWEEP_SECONDS: list[float] = []
 def test_wrong_knob_is_ranked_first(world, monkeypatch, family, expected, make):
     golden_target = make(world, monkeypatch)
     started = time.perf_counter()
-    d = dg.diagnose_target(world["engine"], golden_target, cache=RENDER_CACHE)
+    d = dg.diagnose_target(world["engine"], golden_target, cache=RENDER_CACHE, exhaustive=True)
     SWEEP_SECONDS.append(time.perf_counter() - started)
     table = dg.format_table(d)
     assert d.profile == BASE_PROFILE, table
@@ -168,7 +168,7 @@ def test_wrong_knob_is_ranked_first(world, monkeypatch, family, expected, make):
 def test_lora_off_and_multiplier_zero_share_one_render(world, monkeypatch):
     make = dict((c[0], c[2]) for c in _wrong_knob_goldens())["lora"]
     d = dg.diagnose_target(world["engine"], make(world, monkeypatch), families=("lora", "multiplier"),
-                          cache=RENDER_CACHE)
+                          cache=RENDER_CACHE, exhaustive=True)
     rows = {r.variant: r for r in d.ranked}
     assert rows["multiplier 0"].same_as == "LoRA off" and rows["multiplier 0"].bit_exact
     assert "equivalently: multiplier 0" in d.explanation
@@ -331,3 +331,26 @@ def test_a_forced_profile_is_blamed_on_the_override_not_on_the_version():
         euler = next(v for v in dg.variants_for(target, base, ("profile",)) if v.name == "aitk-euler")
         assert ("forced profile runcomfy" in euler.meaning) is forced
         assert ("another ai-toolkit version" in euler.meaning) is not forced
+
+
+def test_the_sweep_stops_at_the_first_exact_variant(world, monkeypatch):
+    golden = dict((c[0], c[2]) for c in _wrong_knob_goldens())["profile"](world, monkeypatch)
+    quick = dg.diagnose_target(world["engine"], golden, families=("profile", "seed"), cache=RENDER_CACHE)
+    full = dg.diagnose_target(world["engine"], golden, families=("profile", "seed"), cache=RENDER_CACHE,
+                              exhaustive=True)
+    assert quick.best == full.best == "runcomfy" and quick.status == full.status == "explained"
+    assert len(quick.ranked) < len(full.ranked)
+    order = [v.name for v in dg.variants_for(golden, dg.load_context(world["engine"], golden).base, ("profile", "seed"))]
+    assert {r.variant for r in quick.ranked} == {"baseline", *order[:order.index("runcomfy") + 1]}
+
+
+def test_a_setting_found_on_one_preview_is_confirmed_on_the_next_with_one_render(world, monkeypatch, tmp_path):
+    first = dict((c[0], c[2]) for c in _wrong_knob_goldens())["profile"](world, monkeypatch)
+    later = replace(first, preview=replace(first.preview, step=500))  # the same job's later preview, same golden
+    calls = []
+    document, code = dg.diagnose_main([later, first], RunOptions(device="cpu", threads=THREADS), tmp_path,
+                                      families=("profile", "seed"), progress=lambda *a: calls.append(a))
+    assert code == 0 and [e["key"] for e in document["diagnoses"]] == [first.key, later.key]  # earliest first
+    assert [e["best"] for e in document["diagnoses"]] == ["runcomfy", "runcomfy"]
+    assert [c[1] for c in calls if c[0] == later.key] == ["runcomfy"]  # one confirming render, no sweep
+    assert "one confirming render" in document["diagnoses"][1]["explanation"]

@@ -94,13 +94,15 @@ from .variants import BOUNDARIES, MULTIPLIER_GRID, SHIFTS, WAN_NEGATIVE, WAN_NEG
 
 
 def diagnose_main(targets: list[PreviewTarget], options: RunOptions, out_dir, families=None, progress=None,
-                  force: bool = False) -> tuple[dict, int]:
+                  force: bool = False, exhaustive: bool = False) -> tuple[dict, int]:
     """Diagnose every target; writes ``out_dir/diagnosis.json`` and returns (document, exit code).
 
     ``progress(key, variant, done, total)`` is called after each render of each preview. The engine class is read
     from this package when called, so replacing ``harness.diagnose.Engine`` replaces the engine.
     """
-    return run_diagnosis(Engine, targets, options, out_dir, families=families, progress=progress, force=force)
+    return run_diagnosis(Engine, targets, options, out_dir, families=families, progress=progress, force=force,
+                         exhaustive=exhaustive)
+
 
 __all__ = [
     "BASELINE", "BOUNDARIES", "Context", "Diagnosis", "Engine", "FAMILIES", "FOUND_STATUSES", "HarnessError",

@@ -16,27 +16,36 @@ STATUSES = ("exact", "explained", "likely", "numeric", "unexplained", "error", "
 
 
 def run_diagnosis(engine_class, targets: list, options, out_dir, families=None, progress=None,
-                  force: bool = False) -> tuple[dict, int]:
-    """``diagnose_main``'s body; ``engine_class`` is passed in so ``harness.diagnose.Engine`` stays the seam."""
+                  force: bool = False, exhaustive: bool = False) -> tuple[dict, int]:
+    """``diagnose_main``'s body; ``engine_class`` is passed in so ``harness.diagnose.Engine`` stays the seam.
+
+    A job's previews go earliest first; a variant that explains one bit-exactly is tried first, alone, on the
+    job's later previews (one confirming render each) before they are swept.
+    """
     wanted = check_families(families)
     started = time.perf_counter()
     engine = engine_class(options)
-    ordered = sorted(targets, key=lambda t: (t.model_name, str(t.preview.lora), t.preview.case, t.preview.step,
-                                             t.preview.index))
-    entries = [_entry(engine, target, wanted, force, progress) for target in ordered]
+    ordered = sorted(targets, key=lambda t: (t.preview.case, t.preview.step, t.preview.index, t.model_name))
+    entries, found = [], {}
+    for target in ordered:
+        entry = _entry(engine, target, wanted, force, progress, exhaustive, found.get(target.preview.case))
+        if entry["status"] == "explained" and entry.get("best"):
+            found[target.preview.case] = entry["best"]
+        entries.append(entry)
     document = {"schema": SCHEMA, "environment": engine.environment(), "families": list(wanted),
                 "summary": summarize(entries, time.perf_counter() - started), "diagnoses": entries}
     _write(document, out_dir)
     return document, exit_code(entries)
 
 
-def _entry(engine, target, families, force: bool, progress) -> dict:
+def _entry(engine, target, families, force: bool, progress, exhaustive: bool = False, hint: str | None = None) -> dict:
     """One preview's entry; unreproducible and bad-input previews get one without renders."""
     if target.preview.unreproducible:
         return _entry_without_render(target, "unreproducible", target.preview.unreproducible)
     hook = None if progress is None else (lambda name, done, total: progress(target.key, name, done, total))
     try:
-        return diagnose_target(engine, target, families, force=force, on_variant=hook).to_json()
+        return diagnose_target(engine, target, families, force=force, on_variant=hook, exhaustive=exhaustive,
+                               hint=hint).to_json()
     except HarnessError as exc:
         return _entry_without_render(target, "error", exc.line())
 

@@ -24,23 +24,32 @@ from .variants import variants_for
 
 
 def diagnose_target(engine: Engine, target: PreviewTarget, families=None, force: bool = False,
-                    on_variant=None, cache: dict | None = None) -> Diagnosis:
+                    on_variant=None, cache: dict | None = None, exhaustive: bool = False,
+                    hint: str | None = None) -> Diagnosis:
     """Render the baseline and (unless it is already exact) every single-knob variant; rank and explain.
 
     ``on_variant(name, done, total)`` is called after each variant. HarnessError propagates (bad input).
     ``cache`` (opt-in, a dict the caller keeps) holds variant frames keyed by the preview's render inputs, so
     diagnosing the same preview against another golden re-renders nothing; it holds whole clips in memory.
+    The sweep stops at the first variant that is bit-exact with the golden (nothing can explain it better) unless
+    ``exhaustive``. ``hint``: a variant that explained another preview of the job; it is rendered first, alone, and
+    when it is bit-exact here too the preview is explained by that one render.
     """
     started = time.perf_counter()
     ctx = load_context(engine, target)
     variants = variants_for(target, ctx.base, families, ctx.aitk_version)
     renders = _Renders(engine, ctx, cache)
+    carried = _confirm(renders, variants, hint, target, on_variant)
+    if carried is not None:
+        carried.seconds = time.perf_counter() - started
+        return carried
     baseline = renders.row(BASELINE, ctx.base)
     swept = not baseline.mismatch and (force or not baseline.bit_exact)
     total = len(variants) + 1 if swept else 1
     if on_variant is not None:
         on_variant(BASELINE.name, 1, total)
-    rows = [baseline] + (_sweep(renders, variants, on_variant, total) if swept else [])
+    stop_at_exact = not exhaustive and not baseline.bit_exact  # with --force on an exact baseline, sweep it all
+    rows = [baseline] + (_sweep(renders, variants, on_variant, total, stop_at_exact) if swept else [])
     diagnosis = Diagnosis(key=target.key, status="unexplained", found=False, explanation="", target=target,
                           ranked=rank(rows), profile=ctx.base.profile.name,
                           profile_settings=profile_settings(ctx.base.profile), profile_why=ctx.profile_why, swept=swept)
@@ -49,8 +58,8 @@ def diagnose_target(engine: Engine, target: PreviewTarget, families=None, force:
     return diagnosis
 
 
-def _sweep(renders: "_Renders", variants: list[Variant], on_variant, total: int) -> list[Row]:
-    """Every variant's row, in variant order.
+def _sweep(renders: "_Renders", variants: list[Variant], on_variant, total: int, stop_at_exact: bool) -> list[Row]:
+    """The variants' rows, in variant order, up to the first bit-exact one when ``stop_at_exact``.
 
     Variants needing the other model bundle (fp32-kept vs whole-bf16) render last, together: the second bundle is
     loaded once and the first is not needed again while it is in use.
@@ -63,7 +72,28 @@ def _sweep(renders: "_Renders", variants: list[Variant], on_variant, total: int)
         done[i] = renders.row(variants[i], knobs[i])
         if on_variant is not None:
             on_variant(variants[i].name, n, total)
-    return [done[i] for i in range(len(variants))]
+        if done[i].bit_exact and stop_at_exact:
+            break
+    return [done[i] for i in range(len(variants)) if i in done]
+
+
+def _confirm(renders: "_Renders", variants: list[Variant], hint: str | None, target, on_variant) -> Diagnosis | None:
+    """The hinted variant alone; a Diagnosis when it is bit-exact here too, else None (sweep as usual)."""
+    variant = next((v for v in variants if v.name == hint), None) if hint else None
+    if variant is None:
+        return None
+    row = renders.row(variant, variant.apply(renders.ctx.base))
+    if on_variant is not None:
+        on_variant(variant.name, 1, 1)
+    if not row.bit_exact:
+        return None
+    base = renders.ctx.base
+    row.rank = 1
+    return Diagnosis(key=target.key, status="explained", found=True, best=variant.name, ranked=[row], swept=False,
+                     explanation=(f"The golden matches the `{variant.name}` variant ({variant.description}) bit-exactly, "
+                                  f"the setting found for an earlier preview of this job (one confirming render, no "
+                                  f"sweep): {variant.meaning}."), target=target, profile=base.profile.name,
+                     profile_settings=profile_settings(base.profile), profile_why=base.profile_why)
 
 
 def rank(rows: list[Row]) -> list[Row]:

@@ -40,8 +40,7 @@ def variants_for(target, base: RenderSettings, families=None, aitk_version: str 
     ``aitk_version`` (from the LoRA metadata, read once by the engine) decides the quantization variant's plan.
     """
     wanted = check_families(families)
-    return [variant for family, build in _BUILDERS if family in wanted
-            for variant in (build(target, base, aitk_version) if family == "quantization" else build(target, base))]
+    return [variant for family, build in _BUILDERS if family in wanted for variant in build(target, base, aitk_version)]
 
 
 def _override(family: str, name: str, description: str, meaning: str, **fields) -> Variant:
@@ -56,10 +55,23 @@ def _has_lora(target, base: RenderSettings) -> bool:
 # ----------------------------------------------------------------------------------------- one builder per family
 
 
-def _profiles(target, base: RenderSettings) -> list[Variant]:
+def _profiles(target, base: RenderSettings, aitk_version: str | None = None) -> list[Variant]:
     from ..render.profiles import PROFILES
 
-    return [_profile_variant(p, base) for name, p in PROFILES.items() if name != base.profile.name]
+    others = [p for name, p in PROFILES.items() if name != base.profile.name]
+    likely = _likely_profiles(base, aitk_version)
+    return [_profile_variant(p, base) for p in sorted(others, key=lambda p: p.name not in likely)]
+
+
+def _likely_profiles(base: RenderSettings, aitk_version: str | None) -> set[str]:
+    """The profiles this job's version points at, tried first so a sweep that stops at an exact match stops early:
+    the version's own sampler when the run forced another, its other candidates when ``auto`` chose."""
+    from ..render.profiles import alternative_profiles, profile_for_aitk_version
+
+    names = {p.name for p in alternative_profiles(aitk_version)}
+    if base.profile_forced:
+        names.add(profile_for_aitk_version(aitk_version)[0].name)
+    return names
 
 
 def _profile_variant(p, base: RenderSettings) -> Variant:
@@ -85,14 +97,14 @@ def _profile_summary(p) -> str:
     return ", ".join(parts)
 
 
-def _shifts(target, base: RenderSettings) -> list[Variant]:
+def _shifts(target, base: RenderSettings, aitk_version: str | None = None) -> list[Variant]:
     p = base.sampler
     return [_override("shift", f"shift {fmt_num(v)}", f"flow shift {fmt_num(v)} instead of {fmt_num(p.shift)}",
                       f"the preview was sampled with flow shift {fmt_num(v)}, not {fmt_num(p.shift)}", shift=v)
             for v in SHIFTS if v != p.shift]
 
 
-def _boundaries(target, base: RenderSettings) -> list[Variant]:
+def _boundaries(target, base: RenderSettings, aitk_version: str | None = None) -> list[Variant]:
     p = base.sampler
     return [_override("boundary", f"boundary {fmt_num(v)}", f"expert switch at t >= {v * 1000:g} instead of "
                       f"{p.boundary * 1000:g}", f"the experts switched at t >= {v * 1000:g}, not {p.boundary * 1000:g} "
@@ -100,7 +112,7 @@ def _boundaries(target, base: RenderSettings) -> list[Variant]:
             for v in BOUNDARIES if v != p.boundary]
 
 
-def _lora_off(target, base: RenderSettings) -> list[Variant]:
+def _lora_off(target, base: RenderSettings, aitk_version: str | None = None) -> list[Variant]:
     if not _has_lora(target, base):
         return []
     return [Variant("LoRA off", "lora", "render without the LoRA (same as multiplier 0)",
@@ -109,7 +121,7 @@ def _lora_off(target, base: RenderSettings) -> list[Variant]:
                     "baseline, or multiplier 0)")]
 
 
-def _multipliers(target, base: RenderSettings) -> list[Variant]:
+def _multipliers(target, base: RenderSettings, aitk_version: str | None = None) -> list[Variant]:
     """Grid values, the recorded multiplier, one expert only or swapped experts; values equal to the baseline's go."""
     if not _has_lora(target, base):
         return []
@@ -139,7 +151,7 @@ def _multiplier_candidates(base: RenderSettings) -> list[tuple[object, str]]:
     return candidates
 
 
-def _merge(target, base: RenderSettings) -> list[Variant]:
+def _merge(target, base: RenderSettings, aitk_version: str | None = None) -> list[Variant]:
     if not _has_lora(target, base):
         return []
     path, now = ("unmerged", "merged") if base.merged else ("merged", "unmerged")
@@ -149,7 +161,7 @@ def _merge(target, base: RenderSettings) -> list[Variant]:
                     "decision assumed (one multiplier for the round, no quantization => merged)")]
 
 
-def _posterior(target, base: RenderSettings) -> list[Variant]:
+def _posterior(target, base: RenderSettings, aitk_version: str | None = None) -> list[Variant]:
     p = base.sampler
     other = "mode" if p.posterior == "sample" else "sample"
     why = " (stock diffusers)" if other == "mode" else " (ai-toolkit's seeded sample)"
@@ -157,7 +169,7 @@ def _posterior(target, base: RenderSettings) -> list[Variant]:
                       f"the first-frame latent was the VAE posterior {other}{why}", posterior=other)]
 
 
-def _dtype(target, base: RenderSettings) -> list[Variant]:
+def _dtype(target, base: RenderSettings, aitk_version: str | None = None) -> list[Variant]:
     if base.sampler.cast_whole_bf16:
         return [_override("dtype", "fp32-kept modules", "transformer loaded with diffusers' fp32-kept modules "
                           "(no whole-model bf16 cast)", "the transformer kept diffusers' fp32 modules (norms, "
@@ -167,7 +179,7 @@ def _dtype(target, base: RenderSettings) -> list[Variant]:
                       cast_whole_bf16=True)]
 
 
-def _seeds(target, base: RenderSettings) -> list[Variant]:
+def _seeds(target, base: RenderSettings, aitk_version: str | None = None) -> list[Variant]:
     """Seed +-1 and +-sample index: the usual walk_seed and per-item seed mistakes."""
     s = base.sample
     offsets = [(-1, "seed - 1"), (1, "seed + 1")]
@@ -187,7 +199,7 @@ def _seeds(target, base: RenderSettings) -> list[Variant]:
     return out
 
 
-def _negatives(target, base: RenderSettings) -> list[Variant]:
+def _negatives(target, base: RenderSettings, aitk_version: str | None = None) -> list[Variant]:
     """Only with CFG: without it the negative prompt is never encoded."""
     s = base.sample
     if s.guidance_scale <= 1.0:
@@ -202,7 +214,7 @@ def _negatives(target, base: RenderSettings) -> list[Variant]:
             if neg != s.negative_prompt]
 
 
-def _quantization(target, base: RenderSettings, aitk_version: str | None) -> list[Variant]:
+def _quantization(target, base: RenderSettings, aitk_version: str | None = None) -> list[Variant]:
     """bf16 vs the job's quantization: "previews were quantized, inference isn't" is a top real drift cause."""
     from ..render.quant import quantization_plan
 
@@ -218,7 +230,7 @@ def _quantization(target, base: RenderSettings, aitk_version: str | None) -> lis
                     "the preview was rendered on a qfloat8-quantized model (ai-toolkit's UI default `quantize: true`)")]
 
 
-def _resize(target, base: RenderSettings) -> list[Variant]:
+def _resize(target, base: RenderSettings, aitk_version: str | None = None) -> list[Variant]:
     if base.resize == "stretch":
         return [Variant("centre crop", "resize", "control image centre-cropped to the aspect, then LANCZOS",
                         lambda k: replace(k, resize="center-crop"),
