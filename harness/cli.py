@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     chk.add_argument("--preview", type=int, default=0, help="which reproducible preview (default the first)")
 
     ren = sub.add_parser("render", help="render new prompts exactly as ai-toolkit would (WebP like its previews)")
-    from .render_cmd import add_render_arguments
+    from .generate_cmd import add_render_arguments
 
     add_render_arguments(ren)
     _add_options(ren, "render")
@@ -299,7 +299,7 @@ def cmd_fingerprint(args) -> int:
 
 
 def cmd_render(args) -> int:
-    from .render_cmd import render_main, render_targets
+    from .generate_cmd import render_main, render_targets
 
     options, targets = render_targets(args)
     pin_for(targets)

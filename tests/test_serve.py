@@ -19,13 +19,11 @@ from PIL import Image
 from harness.generate import stand_in
 from harness.options import RunOptions
 from harness.result import PreviewResult
+from harness.serve.client import call, serving, until, wait_for
 from harness.serve.jobs import INTERRUPTED, JobStore
 from harness.serve.server import build_service, check_host
 
 from .oracle_paths import ORACLE, TINY_MODEL, needs_oracle, output_dir, skip_unless_exact_expected
-from .serve_helpers import call, finished, running, until
-
-pytest.importorskip("uvicorn")
 
 
 @pytest.fixture
@@ -70,7 +68,7 @@ def body(ctrl="ctrl.png", **prompt) -> dict:
 ])
 def test_bad_requests_name_the_field(tmp_path, root, payload, status, field):
     svc = service(tmp_path / "results", [root], render=fake_render())
-    with running(svc.app) as url:
+    with serving(svc.app) as url:
         raw = payload if isinstance(payload, bytes) else None
         code, answer = call("POST", f"{url}/v1/inference", None if raw else payload, raw=raw)
     assert code == status and answer["error"]["field"] == field, answer
@@ -80,10 +78,10 @@ def test_bad_requests_name_the_field(tmp_path, root, payload, status, field):
 def test_a_job_runs_and_its_outputs_are_served(tmp_path, root):
     svc = service(tmp_path / "results", [root], render=fake_render())
     ctrl64 = base64.b64encode((root / "ctrl.png").read_bytes()).decode()
-    with running(svc.app) as url:
+    with serving(svc.app) as url:
         code, job = call("POST", f"{url}/v1/inference", body(ctrl=ctrl64))
         assert code == 202 and job["status"] == "queued"
-        record = finished(url, job["id"])
+        record = wait_for(url, job["id"])
         assert record["status"] == "succeeded" and record["error"] is None
         code, data = call("GET", url + record["outputs"][0]["urls"]["render"])
         assert code == 200 and data == b"RIFF-fake-a cat"
@@ -97,25 +95,25 @@ def test_a_job_runs_and_its_outputs_are_served(tmp_path, root):
 def test_a_full_queue_answers_429(tmp_path, root):
     gate = threading.Event()
     svc = service(tmp_path / "results", [root], capacity=1, render=fake_render(gate))
-    with running(svc.app) as url:
+    with serving(svc.app) as url:
         first = call("POST", f"{url}/v1/inference", body())[1]
-        until(lambda: call("GET", f"{url}/v1/jobs/{first['id']}")[1]["status"] == "running", "the first job to start")
+        until(lambda: call("GET", f"{url}/v1/jobs/{first['id']}")[1]["status"] == "running", "the first job to start", 60)
         second = call("POST", f"{url}/v1/inference", body())
         third = call("POST", f"{url}/v1/inference", body())
         assert second[0] == 202 and third[0] == 429 and "queue full" in third[1]["error"]["message"]
         assert call("GET", f"{url}/health")[1]["queue"] == {"waiting": 1, "capacity": 1, "running": first["id"]}
         gate.set()
-        assert finished(url, first["id"])["status"] == finished(url, second[1]["id"])["status"] == "succeeded"
+        assert wait_for(url, first["id"])["status"] == wait_for(url, second[1]["id"])["status"] == "succeeded"
     assert svc.store.counts()["succeeded"] == 2 and len(list((tmp_path / "results" / "jobs").iterdir())) == 2
 
 
 def test_token_guards_everything_but_health(tmp_path, root):
     svc = service(tmp_path / "results", [root], token="s3cret", render=fake_render())
-    with running(svc.app) as url:
+    with serving(svc.app) as url:
         assert call("POST", f"{url}/v1/inference", body())[0] == 401
         assert call("POST", f"{url}/v1/inference", body(), token="wrong")[0] == 401
         code, job = call("POST", f"{url}/v1/inference", body(), token="s3cret")
-        assert code == 202 and finished(url, job["id"], token="s3cret")["status"] == "succeeded"
+        assert code == 202 and wait_for(url, job["id"], token="s3cret")["status"] == "succeeded"
         assert call("GET", f"{url}/health")[0] == 200
     check_host("127.0.0.1", None)
     check_host("0.0.0.0", "s3cret")
@@ -123,11 +121,11 @@ def test_token_guards_everything_but_health(tmp_path, root):
 
 def test_a_restart_keeps_finished_jobs_and_fails_interrupted_ones(tmp_path, root):
     results = tmp_path / "results"
-    with running(service(results, [root], render=fake_render()).app) as url:
-        done = finished(url, call("POST", f"{url}/v1/inference", body())[1]["id"])
+    with serving(service(results, [root], render=fake_render()).app) as url:
+        done = wait_for(url, call("POST", f"{url}/v1/inference", body())[1]["id"])
     orphan = JobStore(results).create(body(), 1)  # queued when the old process died
     svc = service(results, [root], render=fake_render())
-    with running(svc.app) as url:
+    with serving(svc.app) as url:
         again = call("GET", f"{url}/v1/jobs/{done['id']}")[1]
         assert again["status"] == "succeeded" and again["outputs"] == done["outputs"]
         assert call("GET", url + again["outputs"][0]["urls"]["render"])[1] == b"RIFF-fake-a cat"
@@ -160,10 +158,10 @@ def test_served_render_is_the_cli_render_is_the_golden(tmp_path):
                          save_frames=True)
     svc = build_service(options, stand_in(), tmp_path / "results", [ORACLE])
     skip_unless_exact_expected(svc.engine, "cpu", "cpu")
-    with running(svc.app) as url:
+    with serving(svc.app) as url:
         code, job = call("POST", f"{url}/v1/inference", oracle_request("assets/ctrl/ctrl_0.png"))
         assert code == 202, job
-        record = finished(url, job["id"])
+        record = wait_for(url, job["id"])
         assert record["status"] == "succeeded", record["error"]
         served = call("GET", url + record["outputs"][0]["urls"]["render"])[1]
         frames = call("GET", url + record["outputs"][0]["urls"]["frames"])[1]

@@ -2,7 +2,7 @@
 
 The engine is made once and kept: the base model stays loaded (its ``ModelCache``), LoRA files are parsed once
 (its LRU ``LoraCache``) and applied per render, hooked or merged and then restored bit-exactly, so switching LoRAs or
-per-expert scales between requests never reloads the base. Renders go through ``render_cmd.render_one``, the same
+per-expert scales between requests never reloads the base. Renders go through ``generate_cmd.render_one``, the same
 function as ``wan-parity render``.
 """
 
@@ -58,9 +58,9 @@ class Service:
 
 def build_service(options, basis, results: Path, roots: list[Path], capacity: int = 8, mp4: bool = False,
                   token: str | None = None, engine=None, render=None) -> Service:
-    """The API over one engine. ``render(target, folder, stem)`` defaults to ``render_cmd.render_one`` on it."""
+    """The API over one engine. ``render(target, folder, stem)`` defaults to ``generate_cmd.render_one`` on it."""
     from ..engine import Engine, torch_device_type
-    from ..render_cmd import render_one
+    from ..generate_cmd import render_one
     from .app import create_app
     from .jobs import JobStore
     from .requests import RequestReader
@@ -99,7 +99,7 @@ def check_host(host: str, token: str | None) -> None:
 def serve_main(args, basis) -> int:
     """Validate, build the service and run uvicorn until interrupted."""
     from ..options import resolve
-    from ..render_cmd import check_base_model
+    from ..generate_cmd import check_base_model
 
     check_host(args.host, args.token)
     options = resolve("serve", vars(args), save_frames=args.save_frames).options
