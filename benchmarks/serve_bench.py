@@ -100,8 +100,8 @@ def timed(url: str, body: dict) -> dict:
 
 def summary(name: str, runs: list[dict], note: str) -> dict:
     median = statistics.median(r["wall_s"] for r in runs)
-    return {"mode": name, "requests": len(runs), "median_s": round(median, 3), "requests_per_hour": round(3600 / median, 1),
-            "lora_path": runs[0]["lora_path"], "runs": runs, "note": note}
+    return {"mode": name, "requests": len(runs), "median_s": round(median, 3),
+            "requests_per_hour": round(3600 / median, 1), "lora_path": runs[0]["lora_path"], "runs": runs, "note": note}
 
 
 def main(argv=None) -> int:

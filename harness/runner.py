@@ -185,7 +185,8 @@ def safe_name(name: str) -> str:
 
 
 def result_file(out: Path, target: PreviewTarget) -> Path:
-    return Path(out) / "results" / safe_name(target.preview.case) / (safe_name(target.key.replace("::", "__")) + ".json")
+    name = safe_name(target.key.replace("::", "__")) + ".json"
+    return Path(out) / "results" / safe_name(target.preview.case) / name
 
 
 def run_targets(targets: list[PreviewTarget], options: RunOptions, on_result=None, progress=None,

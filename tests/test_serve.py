@@ -97,7 +97,7 @@ def test_a_full_queue_answers_429(tmp_path, root):
     svc = service(tmp_path / "results", [root], capacity=1, render=fake_render(gate))
     with serving(svc.app) as url:
         first = call("POST", f"{url}/v1/inference", body())[1]
-        until(lambda: call("GET", f"{url}/v1/jobs/{first['id']}")[1]["status"] == "running", "the first job to start", 60)
+        until(lambda: call("GET", f"{url}/v1/jobs/{first['id']}")[1]["status"] == "running", "job 1 to start", 60)
         second = call("POST", f"{url}/v1/inference", body())
         third = call("POST", f"{url}/v1/inference", body())
         assert second[0] == 202 and third[0] == 429 and "queue full" in third[1]["error"]["message"]
