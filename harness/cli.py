@@ -124,6 +124,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_options(chk, "selfcheck")
     chk.add_argument("--preview", type=int, default=0, help="which reproducible preview (default the first)")
 
+    ren = sub.add_parser("render", help="render new prompts exactly as ai-toolkit would (WebP like its previews)")
+    from .generate_cmd import add_render_arguments
+
+    add_render_arguments(ren)
+    _add_options(ren, "render")
+
+    srv = sub.add_parser("serve", help="HTTP API: the seed service's requests rendered with ai-toolkit's exact sampler")
+    from .serve.server import add_serve_arguments
+
+    add_serve_arguments(srv)
+    _add_options(srv, "serve")
+
     sub.add_parser("bench", help="time the exact path on the real A14B architecture with random weights",
                    add_help=False, prefix_chars="\0")  # options are bench's own: `wan-parity bench --help`
 
@@ -289,6 +301,22 @@ def cmd_fingerprint(args) -> int:
     return 0
 
 
+def cmd_render(args) -> int:
+    from .generate_cmd import render_main, render_targets
+
+    options, targets = render_targets(args)
+    pin_for(targets)
+    return render_main(options, targets, mp4=args.mp4)
+
+
+def cmd_serve(args) -> int:
+    from .serve.server import serve_main, server_basis
+
+    basis = server_basis(args)
+    pin_for([basis])  # the job's golden stack (--like), before torch starts
+    return serve_main(args, basis)
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -296,7 +324,8 @@ def cmd_demo(args) -> int:
 
 
 COMMANDS = {"run": cmd_run, "import": cmd_import, "report": cmd_report, "calibrate": cmd_calibrate, "diagnose": cmd_diagnose,
-            "selfcheck": cmd_selfcheck, "fingerprint": cmd_fingerprint, "demo": cmd_demo}
+            "selfcheck": cmd_selfcheck, "fingerprint": cmd_fingerprint, "demo": cmd_demo, "render": cmd_render,
+            "serve": cmd_serve}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -194,6 +194,34 @@ def write_like_aitk(path: str | os.PathLike, frames, fps: int | float) -> Path:
     return p
 
 
+def write_mp4(path: str | os.PathLike, frames, fps: int | float) -> Path:
+    """An H.264 MP4 beside the preview (ai-toolkit writes none; players and web pages want one). Lossy and not part of
+    any comparison; written to a temp file and renamed, like every output."""
+    import tempfile
+
+    import imageio_ffmpeg
+
+    p = Path(path)
+    arr = _check_frames(frames, p)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".mp4")
+    os.close(fd)
+    os.chmod(tmp, 0o644)  # as write_atomic: outputs are meant to be shared
+    try:
+        writer = imageio_ffmpeg.write_frames(tmp, (arr.shape[2], arr.shape[1]), fps=fps, codec="libx264",
+                                             pix_fmt_out="yuv420p", macro_block_size=16, output_params=["-y"])
+        writer.send(None)
+        for frame in arr:
+            writer.send(np.ascontiguousarray(frame))
+        writer.close()
+        os.replace(tmp, p)
+    except (OSError, RuntimeError) as exc:
+        raise HarnessError(p, None, f"MP4 encoding failed ({exc})") from None
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return p
+
+
 def reencode_roundtrip(frames, fps: int | float = 16, ext: str = "jpg") -> np.ndarray:
     """Our frames as they would look after ai-toolkit's lossy save: the 'encoded' comparison view."""
     return _decode_pillow(io.BytesIO(encode_like_aitk(frames, fps, ext)), "<re-encoded frames>").frames

@@ -48,6 +48,7 @@ class RunOptions:
 RUN_COMMANDS = ("run", "calibrate", "diagnose", "selfcheck")
 PYTEST = "pytest"
 EVERYWHERE = (*RUN_COMMANDS, PYTEST)
+RENDERING = (*EVERYWHERE, "render", "serve")  # rows new renders share (wan-parity render, wan-parity serve)
 
 
 # ---------------------------------------------------------------- parsers: text -> value, ValueError(message)
@@ -165,35 +166,38 @@ class Option:
         return value
 
 
-_OUT_DEFAULTS = {command: Path(f"parity-out/{command}") for command in ("calibrate", "diagnose", "selfcheck")}
+_OUT_DEFAULTS = {command: Path(f"parity-out/{command}") for command in ("calibrate", "diagnose", "selfcheck", "render",
+                                                                        "serve")}
 
 OPTIONS: tuple[Option, ...] = (
     Option("cases", "case file or folder of case files to collect (default: cases/ when no paths are given)",
            commands=(PYTEST,)),
     Option("base-model", "local diffusers Wan 2.2 I2V folder (overrides the job's name_or_path)",
-           field="base_model", case_key="base_model"),
+           field="base_model", case_key="base_model", commands=RENDERING),
     Option("vae", "local VAE folder (default: ai-toolkit/wan2.1-vae from the HF cache, else <base>/vae)",
-           field="vae", case_key="vae"),
+           field="vae", case_key="vae", commands=RENDERING),
     Option("path-map", "rewrite a training-machine path prefix (repeatable)", parse=_path_map_entry,
            default=(), action="append", metavar="OLD=NEW", field="path_map", to_field=lambda v: PathMap(list(v)),
-           case_key="path_map"),
-    Option("device", "cpu, cuda, cuda:N or auto (default)", default="auto", field="device", case_key="device"),
+           case_key="path_map", commands=RENDERING),
+    Option("device", "cpu, cuda, cuda:N or auto (default)", default="auto", field="device", case_key="device",
+           commands=RENDERING),
     Option("threads", "CPU threads (CPU results depend on it; default 2 on CPU)", parse=_threads, field="threads",
-           case_key="threads"),
+           case_key="threads", commands=RENDERING),
     Option("profile", "sampler profile: {choices}", default="auto", choices=profile_choices, metavar="NAME",
-           field="profile", to_field=_no_preference, case_key="profile"),
+           field="profile", to_field=_no_preference, case_key="profile", commands=RENDERING),
     Option("golden-stack", "the stack that rendered the goldens (a `wan-parity fingerprint` file or any subset of "
                            "its keys), for goldens that carry none; pins this CPU to it and decides whether "
-                           "exactness is expected", parse=Path, metavar="FILE"),
-    Option("ara", "local copy of the accuracy recovery adapter a 'uint4|<ara>' job names", field="ara"),
+                           "exactness is expected", parse=Path, metavar="FILE", commands=RENDERING),
+    Option("ara", "local copy of the accuracy recovery adapter a 'uint4|<ara>' job names", field="ara",
+           commands=RENDERING),
     Option("offload", "memory mode, identical numerics: none (all on GPU), experts (active expert only; 80 GB for "
                       "A14B), sequential (block by block; 24 GB cards)", default="none",
-           choices=lambda: ("none", "experts", "sequential"), field="offload"),
+           choices=lambda: ("none", "experts", "sequential"), field="offload", commands=RENDERING),
     Option("out", "results, renders and report (default {default}/)", parse=Path, default=Path("parity-out"),
-           command_defaults=_OUT_DEFAULTS, field="out"),
+           command_defaults=_OUT_DEFAULTS, field="out", commands=RENDERING),
     Option("json", "also write the results JSON here", parse=Path, metavar="FILE", commands=("run", PYTEST)),
     Option("save-frames", "also save each render losslessly as uint8 .npy (F,H,W,3)", action="store_true",
-           default=False, commands=("run", PYTEST), field="save_frames"),
+           default=False, commands=("run", PYTEST, "render", "serve"), field="save_frames"),
     Option("steps", "only these training steps, e.g. 0,250", parse=_int_set),
     Option("samples", "only these sample indices, e.g. 0,2", parse=_int_set),
     Option("shard", "only shard I of N (e.g. 2/4) of the selected previews: whole (base model, LoRA) groups, the "

@@ -30,7 +30,7 @@ class PreviewResult:
     case: str
     step: int
     index: int
-    status: str | None = None  # one of STATUSES once decided
+    status: str | None = None  # one of STATUSES once decided; "rendered" for a render with no golden (render, serve)
     message: str | None = None
     golden: str | None = None
     golden_raw: str | None = None
@@ -79,6 +79,8 @@ class PreviewResult:
     render_path: str | None = None
     frames_path: str | None = None
     resumed: bool = False
+    frames_sha256: str | None = None  # of the lossless uint8 frames (F, H, W, 3): bit-identity at a glance
+    mp4_path: str | None = None  # wan-parity render --mp4 / serve --mp4
 
     # ------------------------------------------------------------------ headline numbers (the encoded view)
 

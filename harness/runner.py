@@ -102,21 +102,31 @@ def _score(judged: Verdict) -> tuple:
 
 def _record(result: PreviewResult, outcome: RenderOutcome, judged: Verdict, notes: list[str]) -> None:
     """Fill the result from the render's decisions and the comparison's views."""
-    profile, match, plan = outcome.profile, outcome.stack, outcome.settings.quantization
+    match = outcome.stack
     result.status = judged.status
     result.encoded, result.raw, result.raw_golden, result.thresholds = (judged.encoded, judged.raw, judged.raw_golden,
                                                                           judged.thresholds)
-    result.pinned, result.exact_expected = outcome.pinned, match.exact_expected
+    result.exact_expected = match.exact_expected
     result.stack_diff, result.stack_unknown, result.stack_reason = (match.diff or None, list(match.unknown) or None,
                                                                     match.reason())
+    record_render(result, outcome, notes)
+    result.message = judged.encoded.mismatch or _describe(result)
+    if not result.bit_exact and match.reason():
+        result.message += f"; {match.reason()}"
+
+
+def record_render(result: PreviewResult, outcome: RenderOutcome, notes: list[str]) -> None:
+    """Fill the result with how it was rendered (also for renders with no golden: ``wan-parity render``/``serve``)."""
+    import hashlib
+
+    profile, plan = outcome.profile, outcome.settings.quantization
+    result.pinned = outcome.pinned
     result.device, result.offload = outcome.device, outcome.offload
     result.quantization = None if plan is None else plan.describe()
     result.profile, result.profile_exact, result.profile_settings = profile.name, profile.exact, profile_settings(profile)
     result.approximate, result.notes, result.trace = outcome.approximate or None, notes, outcome.trace
     result.seconds = outcome.seconds
-    result.message = judged.encoded.mismatch or _describe(result)
-    if not result.bit_exact and match.reason():
-        result.message += f"; {match.reason()}"
+    result.frames_sha256 = hashlib.sha256(outcome.frames.tobytes()).hexdigest()
 
 
 def _write_render(result: PreviewResult, target: PreviewTarget, outcome: RenderOutcome, options: RunOptions) -> None:
@@ -125,7 +135,7 @@ def _write_render(result: PreviewResult, target: PreviewTarget, outcome: RenderO
 
     preview = target.preview
     stem = Path(preview.golden).stem
-    folder = Path(options.out) / "renders" / _safe(preview.case)
+    folder = Path(options.out) / "renders" / safe_name(preview.case)
     folder.mkdir(parents=True, exist_ok=True)
     result.render_path = str(write_like_aitk(folder / f"{stem}.{preview.golden_ext}", outcome.frames, preview.sample.fps))
     if options.save_frames:
@@ -168,14 +178,15 @@ def _out_of_memory(exc: BaseException, target: PreviewTarget, engine: Engine) ->
     return None
 
 
-def _safe(name: str) -> str:
+def safe_name(name: str) -> str:
     """A case name as a single folder name: outputs stay under --out whatever the name says."""
     cleaned = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name).strip(".")
     return cleaned or "case"
 
 
 def result_file(out: Path, target: PreviewTarget) -> Path:
-    return Path(out) / "results" / _safe(target.preview.case) / (_safe(target.key.replace("::", "__")) + ".json")
+    name = safe_name(target.key.replace("::", "__")) + ".json"
+    return Path(out) / "results" / safe_name(target.preview.case) / name
 
 
 def run_targets(targets: list[PreviewTarget], options: RunOptions, on_result=None, progress=None,

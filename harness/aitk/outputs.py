@@ -233,3 +233,17 @@ def lora_software_version(path: str | Path) -> str | None:
     if not isinstance(info, dict) or info.get("version") is None:
         return None
     return str(info["version"])
+
+
+def saved_steps(out: Path, job: AitkJob) -> list[int]:
+    """Steps with a numbered checkpoint in the folder (any side), ascending: what ``render --like`` can pick from."""
+    pattern = re.compile(rf"^{re.escape(job.name)}_(\d{{9,}})_(?:high|low)_noise\.safetensors$")
+    return sorted({int(m.group(1)) for p in Path(out).glob("*.safetensors") if (m := pattern.match(p.name))})
+
+
+def checkpoint_for(out: Path, job: AitkJob, step: int | None) -> tuple[LoraPair | None, str | None]:
+    """The LoRA pair a render at ``step`` uses (0: none, the untrained base; None: the final, un-numbered save), or the
+    reason there is none, by the same pairing rules as the previews."""
+    if step is None:
+        return _pair_files(checkpoint_files(Path(out), job, None), job.train_steps or 0)
+    return _lora_for(Path(out), job, step)

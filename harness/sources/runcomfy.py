@@ -99,24 +99,44 @@ def load_request(path: str | Path, *, path_map: PathMap | Iterable[str] | None =
         raise HarnessError(path, f"line {exc.lineno} column {exc.colno}", f"JSON does not parse: {exc.msg}") from None
     except UnicodeDecodeError:
         raise HarnessError(path, None, "not a text file; give the request JSON") from None
+    return parse_request(data, file=path, base_dir=path.parent, path_map=path_map, cache_dir=cache_dir,
+                         case=case or path.stem)
+
+
+def parse_request(data: Any, *, file: object, base_dir: str | Path, path_map: PathMap | Iterable[str] | None = None,
+                  cache_dir: str | Path | None = None, case: str = "request",
+                  roots: Iterable[str | Path] | None = None) -> list[PreviewJob]:
+    """A request already parsed from JSON (the HTTP API's body): the same validation as a request file.
+
+    ``file`` names the request in errors; relative paths resolve against ``base_dir``. With ``roots``, every local
+    path (LoRA, control image, golden) must lie inside one of them after following symlinks: a server must not be
+    steered to other files on its machine.
+    """
     pmap = path_map if isinstance(path_map, PathMap) else PathMap(list(path_map or ()))
-    ctx = _Context(path, path.parent, pmap, Path(cache_dir) if cache_dir else default_cache_dir())
-    return _parse_request(data, ctx, case or path.stem)
+    ctx = _Context(file, Path(base_dir), pmap, Path(cache_dir) if cache_dir else default_cache_dir(), roots)
+    return _parse_request(data, ctx, case)
 
 
 class _Context:
     """The file being read and how its paths resolve; every error goes through it so it names the file."""
 
-    def __init__(self, file: Path, base_dir: Path, pmap: PathMap, cache_dir: Path):
+    def __init__(self, file: object, base_dir: Path, pmap: PathMap, cache_dir: Path, roots=None):
         self.file, self.base_dir, self.pmap, self.cache_dir = file, base_dir, pmap, cache_dir
+        self.roots = None if roots is None else [os.path.realpath(r) for r in roots]
 
     def fail(self, field: str | None, message: str):
         raise HarnessError(self.file, field, message)
 
-    def local_path(self, text: str) -> Path:
-        """Path map first, then relative to the request file."""
+    def local_path(self, text: str, field: str) -> Path:
+        """Path map first, then relative to the request file; refused outside the allowed roots (if any)."""
         mapped = Path(self.pmap.map(text)).expanduser()
-        return mapped if mapped.is_absolute() else Path(os.path.normpath(self.base_dir / mapped))
+        path = mapped if mapped.is_absolute() else Path(os.path.normpath(self.base_dir / mapped))
+        if self.roots is not None:
+            real = os.path.realpath(path)
+            if not any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in self.roots):
+                self.fail(field, f"{text!r} is outside the allowed folder(s); give a path under "
+                                 f"{', '.join(self.roots)} (or the image as base64)")
+        return path
 
 
 def _parse_request(data: Any, ctx: _Context, case: str) -> list[PreviewJob]:
@@ -201,7 +221,7 @@ def _loras(ctx: _Context, loras: Any) -> tuple[LoraPair | None, dict[str, float]
         files[side], mults[side] = path, mult
     if not files:
         return None, mults, 0
-    return LoraPair(high=files.get("high"), low=files.get("low")), mults, _step_of(files.values())
+    return LoraPair(high=files.get("high"), low=files.get("low")), mults, step_of(files.values())
 
 
 def _lora_item(ctx: _Context, item: Any, where: str) -> tuple[str, Path, float]:
@@ -217,7 +237,7 @@ def _lora_item(ctx: _Context, item: Any, where: str) -> tuple[str, Path, float]:
     side = item.get("transformer")
     if side not in SIDES:
         ctx.fail(f"{where}.transformer", f"must be 'high' or 'low' for {MODEL} (got {side!r})")
-    path = ctx.local_path(text)
+    path = ctx.local_path(text, f"{where}.path")
     if not path.is_file():
         ctx.fail(f"{where}.path", f"{text!r} not found (looked at {path}); fix the path or give --path-map OLD=NEW")
     mult = item.get("network_multiplier")
@@ -226,7 +246,7 @@ def _lora_item(ctx: _Context, item: Any, where: str) -> tuple[str, Path, float]:
     return side, path, mult
 
 
-def _step_of(paths: Iterable[Path]) -> int:
+def step_of(paths: Iterable[Path]) -> int:
     """The training step from ai-toolkit's checkpoint names, when all files agree; else STEP_UNKNOWN."""
     steps = {int(m.group(1)) if (m := STEP_RE.search(p.name)) else None for p in paths}
     return steps.pop() if len(steps) == 1 and None not in steps else STEP_UNKNOWN
@@ -301,7 +321,7 @@ def _golden(ctx: _Context, value: Any, field: str) -> Path | None:
     text = _opt_str(ctx, value, field)
     if text is None:
         return None
-    path = ctx.local_path(text)
+    path = ctx.local_path(text, field)
     if not path.is_file():
         ctx.fail(field, f"{text!r} not found (looked at {path})")
     return path
@@ -320,7 +340,7 @@ def _ctrl_image(ctx: _Context, value: Any, field: str) -> Path:
     if text.startswith("data:"):
         return decode_image_data(_data_url_payload(ctx, text, field), ctx.cache_dir, file=ctx.file, field=field)
     if len(text) < MAX_PATH_LEN and "\n" not in text:
-        path = ctx.local_path(text)
+        path = ctx.local_path(text, field)
         if path.is_file():
             return path
         if not _looks_like_base64(text):
