@@ -47,6 +47,7 @@ from harness.aitk.outputs import discover
 from harness.aitk.samples import UNREPRODUCIBLE
 from harness.errors import HarnessError
 from harness.fsutil import write_text_atomic
+from harness.limits import check_threads, finite_number, parse_yaml
 from harness.paths import PathMap, resolve_ctrl_img
 from harness.render.profiles import profile_choices  # the registry alone: no torch
 from harness.stack import check_stack, load_stack
@@ -258,13 +259,11 @@ def _read(path: Path) -> dict:
     if not path.is_file():
         raise HarnessError(path, None, "case file not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark is not None else None
-        raise HarnessError(path, where, f"YAML does not parse: {getattr(exc, 'problem', None) or exc}") from None
+        data = parse_yaml(path.read_text(encoding="utf-8"), path)
     except UnicodeDecodeError:
         raise HarnessError(path, None, "not a text file; give a case .yaml") from None
+    except OSError as exc:
+        raise HarnessError(path, None, f"cannot be read ({exc.strerror})") from None
     if not isinstance(data, dict):
         raise HarnessError(path, None, f"not a case file (top level must be a mapping with schema: {SCHEMA})")
     return data
@@ -323,11 +322,7 @@ class _Validator:
         return value
 
     def threads(self, value: Any) -> int | None:
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            self.fail("threads", f"must be a whole number >= 1, got {value!r}")
-        return value
+        return None if value is None else check_threads(value, self.path, "threads")
 
     def tolerances(self, value: Any) -> dict[str, float]:
         if value is None:
@@ -343,11 +338,12 @@ class _Validator:
                     self.fail(f"tolerances.{k}", f"must be auto, true or false, got {v!r}")
                 out[k] = v
                 continue
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
+            if isinstance(v, str) or not isinstance(v, (int, float)):
                 self.fail(f"tolerances.{k}", f"must be a number, got {v!r}")
+            v = finite_number(v, self.path, f"tolerances.{k}")  # a NaN would pass every comparison and break JSON
             if k == "ssim_min" and not -1.0 <= v <= 1.0:
                 self.fail(f"tolerances.{k}", f"SSIM lies in [-1, 1], got {v!r}")
-            out[k] = float(v)
+            out[k] = v
         return out
 
     def golden_stack(self, value: Any) -> dict | None:
@@ -428,8 +424,8 @@ def is_case_file(path: str | Path) -> bool:
     except (UnicodeDecodeError, OSError):
         return False
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError:
+        data = parse_yaml(text, p)
+    except HarnessError:
         # A case file with a syntax error is still a case file: collecting it reports the error instead of
         # silently dropping the case from a nightly run.
         return "wan-parity/case@" in text

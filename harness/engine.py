@@ -134,15 +134,16 @@ class LoraCache:
         self.reader = reader
         self._entries: "OrderedDict[tuple[str, int], dict]" = OrderedDict()
 
-    def get(self, path: Path) -> dict:
-        key = (str(path), path.stat().st_mtime_ns)
+    def get(self, path: Path, expert: str | None = None) -> dict:
+        """The parsed file; ``expert`` picks one half of a combined file (``LoraPair.combined``)."""
+        key = (str(path), path.stat().st_mtime_ns, expert)
         if key in self._entries:
             self._entries.move_to_end(key)
             return self._entries[key]
         reader = self.reader
         if reader is None:
             from .render.lora import read_lora_file as reader
-        self._entries[key] = reader(path)
+        self._entries[key] = reader(path) if expert is None else reader(path, expert=expert)
         while len(self._entries) > self.size:
             self._entries.popitem(last=False)
         return self._entries[key]
@@ -255,7 +256,8 @@ class Engine:
         for side in ("high", "low") if lora is not None else ():
             path = getattr(lora, side)
             if path is not None:
-                paths[side], layers[side] = Path(path), self.loras.get(Path(path))
+                paths[side] = Path(path)
+                layers[side] = self.loras.get(paths[side], side if lora.combined else None)
         return paths, layers
 
     def control_image_path(self, target: PreviewTarget, sample) -> tuple[Path, str | None]:

@@ -48,6 +48,9 @@ def base_result(target: PreviewTarget) -> PreviewResult:
 def run_one(engine: Engine, target: PreviewTarget) -> PreviewResult:
     """Render, compare and (with --out) write one preview; user-facing problems become an ``error`` result."""
     result = base_result(target)
+    if target.preview.broken:
+        result.status, result.message = "error", target.preview.broken
+        return result
     if target.preview.unreproducible:
         result.status, result.message = "unreproducible", target.preview.unreproducible
         return result

@@ -12,6 +12,7 @@ from typing import Any
 
 from harness.aitk.job import P0, AitkJob
 from harness.errors import HarnessError
+from harness.limits import check_seed
 from harness.spec import SampleSpec
 
 # SampleConfig class defaults (not the UI's): a YAML job that omits a key got these.
@@ -182,7 +183,7 @@ def _sources(where: str, item: dict, block: dict, flagged: set) -> dict:
     """Which config field each checked value came from, so an error points at the line to edit."""
     block_field = where.rsplit(".", 1)[0]
     out = {}
-    for key in ("width", "height", "num_frames", "sample_steps", "fps", "guidance_scale"):
+    for key in ("width", "height", "num_frames", "sample_steps", "fps", "guidance_scale", "seed"):
         if key in flagged:
             out[key] = f"{where}.prompt"
         elif key in item or key not in block:
@@ -196,6 +197,8 @@ def _validate(job: AitkJob, s: dict, fields: dict) -> None:
     """Reject values ai-toolkit itself could not have rendered, naming where the value came from."""
     for key in ("width", "height", "num_frames", "sample_steps", "fps"):
         s[key] = _whole(job, s[key], fields[key], allow_negative=False)
+    if s["seed"] != -1:
+        check_seed(s["seed"], job.path, fields["seed"])
     g = s["guidance_scale"]
     if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g):
         raise HarnessError(job.path, fields["guidance_scale"], f"must be a finite number, got {g!r}")
