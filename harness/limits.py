@@ -19,6 +19,7 @@ SEED_MIN, SEED_MAX = -(2 ** 63), 2 ** 64 - 1
 MAX_DEPTH = 64  # nesting of a job, case, stack or request file: real ones stay under 10
 MAX_STACK_THREADS = 4096  # a recorded thread count; torch segfaults setting ~100000
 MAX_FRAME_PIXELS = 4096 * 4096  # a preview or control image frame (Wan previews are about 1280x720)
+MAX_CLIP_PIXELS = 2 ** 30  # all frames of one preview (81 frames of 1280x720 are 75M)
 
 
 def check_seed(value: int, file, field: str) -> int:
@@ -102,8 +103,11 @@ def parse_json(text: str, file):
     return data
 
 
-def check_frame_size(width: int, height: int, file, field: str = "size") -> None:
+def check_frame_size(width: int, height: int, file, field: str = "size", frames: int = 1) -> None:
     """An image small enough to decode: a 16383² frame is 800 MB before anything is compared."""
     if width * height > MAX_FRAME_PIXELS:
         raise HarnessError(file, field, f"is {width}x{height} pixels, more than any Wan preview or control image "
                                         f"(limit {MAX_FRAME_PIXELS:,} pixels a frame); not decoded")
+    if width * height * frames > MAX_CLIP_PIXELS:
+        raise HarnessError(file, "frames", f"{frames} frames of {width}x{height} are more pixels than any Wan preview "
+                                           f"(limit {MAX_CLIP_PIXELS:,}); not decoded")

@@ -65,6 +65,7 @@ class PreviewResult:
     stack_diff: dict | None = None
     stack_unknown: list | None = None
     stack_reason: str | None = None
+    identity: dict | None = None  # what decided this result besides the code (runner.result_identity): --resume key
     # how it was rendered (harness.engine.RenderOutcome)
     device: str | None = None
     offload: str | None = None
