@@ -154,7 +154,28 @@ class Case:
             raise HarnessError(self.path, "lora_dir", f"{loras} does not exist; add a path_map entry (here or "
                                                       "--path-map OLD=NEW) pointing at the folder with the checkpoints")
         jobs = discover(golden, case=self.name, lora_dir=loras)
+        self._check_ctrl_images(golden)
         return [self._finish(j, golden, pmap) for j in jobs if self._wanted(j)]
+
+    def _check_ctrl_images(self, golden: Path) -> None:
+        """Every ``ctrl_images`` entry names a control image of the config and a file in ``golden_dir/ctrl/``: a typo
+        here is a broken case (exit 2), not a preview that cannot be reproduced."""
+        from harness.aitk.job import load_job
+        from harness.aitk.samples import ctrl_image_users
+        from harness.fsutil import file_kind
+
+        named = ctrl_image_users(load_job(golden / "config.yaml"))
+        for original, copy_name in self.ctrl_images.items():
+            field_ = f"ctrl_images.{original}"
+            if original not in named:
+                raise HarnessError(self.path, field_, "no sample of the config names this control image (a typo?); "
+                                   f"the config names: {', '.join(sorted(named)) or 'none'}")
+            if Path(copy_name).name != copy_name or copy_name in (".", ".."):
+                raise HarnessError(self.path, field_, f"{copy_name!r} must be a file name inside golden_dir/ctrl/")
+            kind = file_kind(golden / "ctrl" / copy_name)
+            if kind is not None:
+                raise HarnessError(self.path, field_, f"{golden / 'ctrl' / copy_name} is {kind}; fix the name or "
+                                   "re-import the output folder")
 
     def _wanted(self, job: PreviewJob) -> bool:
         """The steps/samples filters; absent means everything."""
@@ -175,11 +196,8 @@ class Case:
 
     def _ctrl_local(self, ctrl: str, golden: Path, pmap: PathMap) -> tuple[Path | None, str | None]:
         """The copy in ctrl/ when the case has one, else the mapped original; (None, reason) when neither exists."""
-        if ctrl in self.ctrl_images:
-            copy = golden / "ctrl" / self.ctrl_images[ctrl]
-            if copy.is_file():
-                return copy, None
-            return None, f"the copied control image {copy} is missing (re-import the output folder)"
+        if ctrl in self.ctrl_images:  # checked to be a file by _check_ctrl_images
+            return golden / "ctrl" / self.ctrl_images[ctrl], None
         try:
             found, _note = resolve_ctrl_img(ctrl, pmap, [golden / "ctrl"])
         except HarnessError as exc:
@@ -412,6 +430,13 @@ def is_aitk_output_dir(path: str | Path) -> bool:
     """An ai-toolkit job output folder: config.yaml and samples/ side by side."""
     p = Path(path)
     return (p / "config.yaml").is_file() and (p / "samples").is_dir()
+
+
+def looks_like_output_dir(path: str | Path) -> bool:
+    """A folder with only one of config.yaml and samples/ (or a config.yaml that is not a file): meant as an output
+    folder, so the error should say what is missing rather than "no case files here"."""
+    p = Path(path)
+    return os.path.lexists(p / "config.yaml") or (p / "samples").is_dir()
 
 
 def is_case_file(path: str | Path) -> bool:

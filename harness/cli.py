@@ -155,14 +155,14 @@ def build_parser() -> argparse.ArgumentParser:
 def _options_and_targets(args, **extra):
     """Shared by run, diagnose, calibrate and selfcheck: validated options and the selected previews."""
     from .options import resolve
-    from .targets import collect, select, with_golden_stack
+    from .targets import collect, select, unique, with_golden_stack
 
     resolved = resolve(args.command, vars(args), **extra)
     options = resolved.options
     targets = []
     for target in args.targets:
         targets.extend(collect(target, options.path_map, cache_dir=args.out / "ctrl-cache"))
-    targets = select(targets, resolved.steps, resolved.samples, resolved.shard)
+    targets = select(unique(targets), resolved.steps, resolved.samples, resolved.shard)
     if not targets and resolved.shard is None:
         raise HarnessError(None, "TARGET", "no previews selected (check --steps/--samples and the samples/ folder)")
     _check_writable(args.out)

@@ -160,7 +160,7 @@ class PreviewResult:
 
         if not isinstance(data, dict) or "key" not in data:
             raise HarnessError(source, None, "not a preview result (no 'key')")
-        if data.get("status") not in STATUSES:  # a status no reader knows would be counted as neither pass nor fail
+        if data.get("status") not in (*STATUSES, None):  # unknown would count as neither pass nor fail; missing: unknown
             raise HarnessError(source, f"results[{data.get('key')}].status",
                                f"{data.get('status')!r} is not a result status ({', '.join(STATUSES)})")
         known = {f.name for f in fields(cls)}

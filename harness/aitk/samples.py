@@ -67,6 +67,16 @@ def expand_samples(job: AitkJob, which: str = "sample") -> list[SampleSpec]:
     return specs
 
 
+def ctrl_image_users(job: AitkJob) -> dict[str, list[int]]:
+    """Each control image path the job's sampling rounds name, with the sample indices that use it."""
+    users: dict[str, list[int]] = {}
+    for which in ["sample"] + (["first_sample"] if job.first_sample is not None else []):
+        for spec in expand_samples(job, which):
+            if spec.ctrl_img and spec.index not in users.setdefault(spec.ctrl_img, []):
+                users[spec.ctrl_img].append(spec.index)
+    return users
+
+
 def merge_decision(job: AitkJob, specs: list[SampleSpec]) -> tuple[bool, str]:
     """Whether ai-toolkit merged the LoRA into the weights for this round (§8.2), and why."""
     mults = sorted({float(s.network_multiplier) for s in specs})
