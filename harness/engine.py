@@ -225,10 +225,21 @@ class Engine:
 
         profile, why = self.choose_profile(target)
         preview = target.preview
-        plan = quantization_plan(target.model_block, self.aitk_version(target), ara_path=self.options.ara)
+        plan = quantization_plan(target.model_block, self.aitk_version(target), *self.ara_file(target))
         return RenderSettings(profile=profile, sample=preview.sample, multiplier=preview.multiplier, use_lora=True,
                               merged=preview.merged, quantization=plan, profile_why=why,
                               profile_forced=not self.profile_is_auto(target))
+
+    def ara_file(self, target: PreviewTarget) -> tuple[str | None, str | None]:
+        """(path, how it was found) of the accuracy recovery adapter the job names: --ara, --path-map, HF cache."""
+        from .paths import resolve_ara
+        from .render.quant import ara_source
+
+        source = ara_source(target.model_block)
+        if source is None or not target.model_block.get("quantize"):
+            return self.options.ara, None
+        path, note = resolve_ara(source, target.path_map, self.options.ara, file=target.config_file)
+        return str(path), note
 
     def approximations(self, target: PreviewTarget, settings: RenderSettings, device: str) -> list[str]:
         """Reasons this render cannot claim bit-exactness, said up front rather than discovered as drift."""
