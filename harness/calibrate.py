@@ -283,7 +283,7 @@ def calibrate(targets, options, perturb: str | None = None, *, max_previews: int
             import torch.nn.attention  # noqa: F401  (torch ≥ 2.3)
         except ImportError:
             raise HarnessError(None, "--perturb", "attention needs torch ≥ 2.3 (torch.nn.attention.sdpa_kernel)") from None
-    chosen = [t for t in targets if not t.preview.unreproducible][:max_previews]
+    chosen = [t for t in targets if not (t.preview.unreproducible or t.preview.broken)][:max_previews]
     if not chosen:
         raise HarnessError(None, "TARGET", "no reproducible preview to calibrate on (every selected preview is "
                                            "unreproducible or none was selected)")

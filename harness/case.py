@@ -47,6 +47,7 @@ from harness.aitk.outputs import discover
 from harness.aitk.samples import UNREPRODUCIBLE
 from harness.errors import HarnessError
 from harness.fsutil import write_text_atomic
+from harness.limits import check_threads, finite_number, parse_yaml
 from harness.paths import PathMap, resolve_ctrl_img
 from harness.render.profiles import profile_choices  # the registry alone: no torch
 from harness.stack import check_stack, load_stack
@@ -153,7 +154,28 @@ class Case:
             raise HarnessError(self.path, "lora_dir", f"{loras} does not exist; add a path_map entry (here or "
                                                       "--path-map OLD=NEW) pointing at the folder with the checkpoints")
         jobs = discover(golden, case=self.name, lora_dir=loras)
+        self._check_ctrl_images(golden)
         return [self._finish(j, golden, pmap) for j in jobs if self._wanted(j)]
+
+    def _check_ctrl_images(self, golden: Path) -> None:
+        """Every ``ctrl_images`` entry names a control image of the config and a file in ``golden_dir/ctrl/``: a typo
+        here is a broken case (exit 2), not a preview that cannot be reproduced."""
+        from harness.aitk.job import load_job
+        from harness.aitk.samples import ctrl_image_users
+        from harness.fsutil import file_kind
+
+        named = ctrl_image_users(load_job(golden / "config.yaml"))
+        for original, copy_name in self.ctrl_images.items():
+            field_ = f"ctrl_images.{original}"
+            if original not in named:
+                raise HarnessError(self.path, field_, "no sample of the config names this control image (a typo?); "
+                                   f"the config names: {', '.join(sorted(named)) or 'none'}")
+            if Path(copy_name).name != copy_name or copy_name in (".", ".."):
+                raise HarnessError(self.path, field_, f"{copy_name!r} must be a file name inside golden_dir/ctrl/")
+            kind = file_kind(golden / "ctrl" / copy_name)
+            if kind is not None:
+                raise HarnessError(self.path, field_, f"{golden / 'ctrl' / copy_name} is {kind}; fix the name or "
+                                   "re-import the output folder")
 
     def _wanted(self, job: PreviewJob) -> bool:
         """The steps/samples filters; absent means everything."""
@@ -174,11 +196,8 @@ class Case:
 
     def _ctrl_local(self, ctrl: str, golden: Path, pmap: PathMap) -> tuple[Path | None, str | None]:
         """The copy in ctrl/ when the case has one, else the mapped original; (None, reason) when neither exists."""
-        if ctrl in self.ctrl_images:
-            copy = golden / "ctrl" / self.ctrl_images[ctrl]
-            if copy.is_file():
-                return copy, None
-            return None, f"the copied control image {copy} is missing (re-import the output folder)"
+        if ctrl in self.ctrl_images:  # checked to be a file by _check_ctrl_images
+            return golden / "ctrl" / self.ctrl_images[ctrl], None
         try:
             found, _note = resolve_ctrl_img(ctrl, pmap, [golden / "ctrl"])
         except HarnessError as exc:
@@ -258,13 +277,11 @@ def _read(path: Path) -> dict:
     if not path.is_file():
         raise HarnessError(path, None, "case file not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark is not None else None
-        raise HarnessError(path, where, f"YAML does not parse: {getattr(exc, 'problem', None) or exc}") from None
+        data = parse_yaml(path.read_text(encoding="utf-8"), path)
     except UnicodeDecodeError:
         raise HarnessError(path, None, "not a text file; give a case .yaml") from None
+    except OSError as exc:
+        raise HarnessError(path, None, f"cannot be read ({exc.strerror})") from None
     if not isinstance(data, dict):
         raise HarnessError(path, None, f"not a case file (top level must be a mapping with schema: {SCHEMA})")
     return data
@@ -323,11 +340,7 @@ class _Validator:
         return value
 
     def threads(self, value: Any) -> int | None:
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            self.fail("threads", f"must be a whole number >= 1, got {value!r}")
-        return value
+        return None if value is None else check_threads(value, self.path, "threads")
 
     def tolerances(self, value: Any) -> dict[str, float]:
         if value is None:
@@ -343,11 +356,12 @@ class _Validator:
                     self.fail(f"tolerances.{k}", f"must be auto, true or false, got {v!r}")
                 out[k] = v
                 continue
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
+            if isinstance(v, str) or not isinstance(v, (int, float)):
                 self.fail(f"tolerances.{k}", f"must be a number, got {v!r}")
+            v = finite_number(v, self.path, f"tolerances.{k}")  # a NaN would pass every comparison and break JSON
             if k == "ssim_min" and not -1.0 <= v <= 1.0:
                 self.fail(f"tolerances.{k}", f"SSIM lies in [-1, 1], got {v!r}")
-            out[k] = float(v)
+            out[k] = v
         return out
 
     def golden_stack(self, value: Any) -> dict | None:
@@ -418,6 +432,13 @@ def is_aitk_output_dir(path: str | Path) -> bool:
     return (p / "config.yaml").is_file() and (p / "samples").is_dir()
 
 
+def looks_like_output_dir(path: str | Path) -> bool:
+    """A folder with only one of config.yaml and samples/ (or a config.yaml that is not a file): meant as an output
+    folder, so the error should say what is missing rather than "no case files here"."""
+    p = Path(path)
+    return os.path.lexists(p / "config.yaml") or (p / "samples").is_dir()
+
+
 def is_case_file(path: str | Path) -> bool:
     """A YAML file whose top level declares a wan-parity case schema (cheap check, no validation)."""
     p = Path(path)
@@ -428,8 +449,8 @@ def is_case_file(path: str | Path) -> bool:
     except (UnicodeDecodeError, OSError):
         return False
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError:
+        data = parse_yaml(text, p)
+    except HarnessError:
         # A case file with a syntax error is still a case file: collecting it reports the error instead of
         # silently dropping the case from a nightly run.
         return "wan-parity/case@" in text

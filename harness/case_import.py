@@ -14,9 +14,10 @@ from typing import Iterable
 
 from .aitk.job import load_job
 from .aitk.outputs import PREVIEW_RE
-from .aitk.samples import expand_samples
+from .aitk.samples import ctrl_image_users
 from .case import Case, is_aitk_output_dir, save_case, valid_name
 from .errors import HarnessError
+from .fsutil import file_kind
 from .paths import PathMap, resolve_ctrl_img
 from .stack import stack_beside
 
@@ -38,9 +39,10 @@ def import_output(output_dir: str | Path, name: str, cases_dir: str | Path = "ca
         raise HarnessError(out, None, "not an ai-toolkit output folder (needs config.yaml and samples/)")
     case_file = Path(cases_dir) / f"{name}.yaml"
     golden = Path(golden_dir) / name
+    _mkdir(Path(cases_dir), "--cases-dir")  # both folders first: a refused one leaves nothing half-imported
     _refuse_overwrite(case_file, golden, force)
     map_dict = _map_dict(path_map)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=_mkdir(Path(golden_dir))))
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=_mkdir(Path(golden_dir), "--golden-dir")))
     try:
         _copy_outputs(out, staging)
         ctrl_map, notes = _copy_ctrl_images(out, staging, PathMap([f"{k}={v}" for k, v in map_dict.items()]))
@@ -50,14 +52,20 @@ def import_output(output_dir: str | Path, name: str, cases_dir: str | Path = "ca
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    case = Case(name=name, golden_dir=os.path.relpath(golden.resolve(), _mkdir(Path(cases_dir)).resolve()),
+    case = Case(name=name, golden_dir=os.path.relpath(golden.resolve(), Path(cases_dir).resolve()),
                 path=case_file, lora_dir=str(out), ctrl_images=ctrl_map, path_map=map_dict,
                 golden_stack=golden_stack or stack_beside(out), notes="\n".join([f"imported from {out}"] + notes))
     return save_case(case, case_file)
 
 
-def _mkdir(p: Path) -> Path:
-    p.mkdir(parents=True, exist_ok=True)
+def _mkdir(p: Path, flag: str) -> Path:
+    """The folder, created if needed; a file (or anything else) in its place is one error line."""
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise HarnessError(p, flag, "exists and is not a folder; give a folder") from None
+    except OSError as exc:
+        raise HarnessError(p, flag, f"cannot be created ({exc.strerror})") from None
     return p
 
 
@@ -83,28 +91,28 @@ def _map_dict(path_map: PathMap | Iterable[str] | dict | None) -> dict[str, str]
 
 def _copy_outputs(out: Path, dest: Path) -> None:
     """config.yaml, the preview files and their lossless frames; staging files and thumbnails are skipped."""
-    shutil.copy2(out / "config.yaml", dest / "config.yaml")
+    _copy_inside(out, out / "config.yaml", dest / "config.yaml")
     (dest / "samples").mkdir()
     for p in sorted((out / "samples").iterdir()):
-        if p.is_file() and PREVIEW_RE.match(p.name):
-            shutil.copy2(p, dest / "samples" / p.name)
+        if PREVIEW_RE.match(p.name):
+            _copy_inside(out, p, dest / "samples" / p.name)
     raw = out / "samples_raw"
     if raw.is_dir():
         (dest / "samples_raw").mkdir()
         for p in sorted(raw.glob("*.npy")):
-            shutil.copy2(p, dest / "samples_raw" / p.name)
+            _copy_inside(out, p, dest / "samples_raw" / p.name)
 
 
-def _ctrl_users(out: Path) -> dict[str, list[int]]:
-    """Each control image path named by the config, with the sample indices that use it."""
-    job = load_job(out / "config.yaml")
-    users: dict[str, list[int]] = {}
-    rounds = ["sample"] + (["first_sample"] if job.first_sample is not None else [])
-    for which in rounds:
-        for spec in expand_samples(job, which):
-            if spec.ctrl_img and spec.index not in users.setdefault(spec.ctrl_img, []):
-                users[spec.ctrl_img].append(spec.index)
-    return users
+def _copy_inside(out: Path, source: Path, dest: Path) -> None:
+    """Copy a regular file of the output folder; a symlink out of it (``samples/x.webp -> /etc/passwd``), a FIFO or a
+    device is refused, so a case never carries files that were not the job's."""
+    kind = file_kind(source)
+    if kind is not None:
+        raise HarnessError(source, None, f"is {kind}, not a regular file; import copies only the job's own files")
+    if not source.resolve().is_relative_to(out):
+        raise HarnessError(source, None, f"is a symlink to {source.resolve()}, outside the output folder; import "
+                                         "copies only files inside it")
+    shutil.copy2(source, dest)
 
 
 def _copy_ctrl_images(out: Path, dest: Path, pmap: PathMap) -> tuple[dict[str, str], list[str]]:
@@ -112,13 +120,16 @@ def _copy_ctrl_images(out: Path, dest: Path, pmap: PathMap) -> tuple[dict[str, s
     ctrl_dir = dest / "ctrl"
     ctrl_dir.mkdir()
     mapping, notes, used = {}, [], set()
-    for original, indices in _ctrl_users(out).items():
+    for original, indices in ctrl_image_users(load_job(out / "config.yaml")).items():
         try:
             found, note = resolve_ctrl_img(original, pmap, [out], field="ctrl_img")
         except HarnessError as exc:
             notes.append(f"control image {original!r} (samples {', '.join(map(str, indices))}) was not found at "
                          f"import ({exc.message}); those previews are unreproducible")
             continue
+        kind = file_kind(found)
+        if kind is not None:  # opening a FIFO would hang the import
+            raise HarnessError(found, "ctrl_img", f"is {kind}, not an image file; fix the config or --path-map")
         target = _unique_name(found.name, used)
         shutil.copy2(found, ctrl_dir / target)
         mapping[original] = target

@@ -1,6 +1,7 @@
 """``wan-parity``: argument parsing and exit codes only; the work happens in the modules it calls.
 
-Exit codes: 0 every check passed, 1 some preview drifted, 2 bad input or usage.
+Exit codes (README "Exit codes"): 0 every check passed, 1 some preview drifted, 2 bad input or usage, 3 nothing was
+compared (every preview unreproducible, or none selected).
 """
 
 from __future__ import annotations
@@ -32,6 +33,24 @@ def _reader(option, command: str):
     return lambda text: option.read(text, None, option.flag(command))
 
 
+def _finite(flag: str):
+    """argparse ``type`` for a finite number (``nan``/``inf`` parse as floats and would poison every comparison)."""
+    def parse(text: str) -> float:
+        from .limits import finite_number
+
+        return finite_number(text, None, flag)
+    return parse
+
+
+def _whole(flag: str):
+    """argparse ``type`` for a whole number >= 1."""
+    def parse(text: str) -> int:
+        if not text.strip().isdigit() or int(text) < 1:
+            raise HarnessError(None, flag, f"must be a whole number >= 1, got {text!r}")
+        return int(text)
+    return parse
+
+
 TARGET_HELP = "case file, folder of case files, ai-toolkit output folder, or runcomfy request JSON"
 
 
@@ -42,7 +61,7 @@ EPILOG = """first steps:
   wan-parity run OUTPUT_DIR --path-map OLD=NEW      check an ai-toolkit output folder
   wan-parity diagnose OUTPUT_DIR --steps S --samples I    name the setting behind a drift
   wan-parity report SHARD_DIR... --out DIR          merge shards into one report
-exit codes: 0 every check passed, 1 some preview drifted, 2 bad input or usage"""
+exit codes: 0 every check passed, 1 some preview drifted, 2 bad input or usage, 3 nothing was compared"""
 
 
 def _global_flags() -> argparse.ArgumentParser:
@@ -55,6 +74,7 @@ def _global_flags() -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .options import by_name
 
     parser = argparse.ArgumentParser(prog="wan-parity", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -89,24 +109,26 @@ def build_parser() -> argparse.ArgumentParser:
     fpr = sub.add_parser("fingerprint", help="print this machine's numerics-deciding stack (keep it beside the job)")
     fpr.add_argument("--json", action="store_true", help="JSON instead of YAML")
     fpr.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N: the device the renders use")
-    fpr.add_argument("--threads", type=int, help="CPU threads to record (default: torch's current count)")
+    fpr.add_argument("--threads", type=_reader(by_name("threads"), "fingerprint"), help="CPU threads to record (default: torch's current count)")
 
     rep = sub.add_parser("report", help="write the HTML report from results JSON files (merges shards)")
     rep.add_argument("paths", nargs="+", type=Path, metavar="RESULTS", help="results.json files or --out folders")
     rep.add_argument("--out", type=Path, default=Path("parity-out"), help="report folder (default parity-out/)")
     rep.add_argument("--baseline", type=Path, metavar="PREVIOUS.json",
                      help="previous run's results (or --out folder): mark regressions, exit 1 if any")
-    rep.add_argument("--psnr-drop", type=float, default=1.0, metavar="DB",
+    rep.add_argument("--psnr-drop", type=_finite("--psnr-drop"), default=1.0, metavar="DB",
                      help="encoded PSNR-min drop counted as a regression (default 1.0)")
+    rep.add_argument("--regressions-only", action="store_true",
+                     help="exit 1 only for regressions against --baseline, not for failures standing since then")
 
     cal = sub.add_parser("calibrate", help="measure this stack's noise floor and suggest thresholds")
     cal.add_argument("targets", nargs="+", metavar="TARGET", help=TARGET_HELP)
     _add_options(cal, "calibrate")
     cal.add_argument("--perturb", choices=["attention", "threads"], help="also render under a perturbed stack")
-    cal.add_argument("--previews", type=int, default=3, help="how many previews to calibrate on (default 3)")
-    cal.add_argument("--margin-db", type=float, default=3.0,
+    cal.add_argument("--previews", type=_whole("--previews"), default=3, help="how many previews to calibrate on (default 3)")
+    cal.add_argument("--margin-db", type=_finite("--margin-db"), default=3.0,
                      help="suggested PSNR minimum this far below the lowest observed (default 3.0)")
-    cal.add_argument("--ssim-margin", type=float, default=0.02,
+    cal.add_argument("--ssim-margin", type=_finite("--ssim-margin"), default=0.02,
                      help="suggested SSIM minimum this far below the lowest observed (default 0.02)")
 
     dia = sub.add_parser("diagnose", help="re-render failing previews under single-knob variants and name the cause")
@@ -148,14 +170,14 @@ def build_parser() -> argparse.ArgumentParser:
 def _options_and_targets(args, **extra):
     """Shared by run, diagnose, calibrate and selfcheck: validated options and the selected previews."""
     from .options import resolve
-    from .targets import collect, select, with_golden_stack
+    from .targets import collect, select, unique, with_golden_stack
 
     resolved = resolve(args.command, vars(args), **extra)
     options = resolved.options
     targets = []
     for target in args.targets:
         targets.extend(collect(target, options.path_map, cache_dir=args.out / "ctrl-cache"))
-    targets = select(targets, resolved.steps, resolved.samples, resolved.shard)
+    targets = select(unique(targets), resolved.steps, resolved.samples, resolved.shard)
     if not targets and resolved.shard is None:
         raise HarnessError(None, "TARGET", "no previews selected (check --steps/--samples and the samples/ folder)")
     _check_writable(args.out)
@@ -178,13 +200,19 @@ def pin_for(targets) -> dict:
 
 
 def cmd_run(args) -> int:
-    from .fsutil import write_json_atomic
+    from .fsutil import refuse_non_regular, write_json_atomic
     from .result import exit_code, results_document
 
     from .console import preview_progress, print_errors, print_results
     from .runner import run_targets
 
     options, targets = _options_and_targets(args, save_frames=args.save_frames, resume=args.resume)
+    if args.json:
+        refuse_non_regular(args.json)  # before minutes of rendering, not after
+    if not targets:  # only a --shard can select nothing: the other shards hold every group, which is no failure
+        print(f"wan-parity: shard {args.shard[0]}/{args.shard[1]} holds no previews (the selection's groups went to "
+              "other shards); nothing to compare here", file=sys.stderr)
+        return 0
     with preview_progress(len(targets)) as (on_result, on_step):
         environment, results = run_targets(targets, options, on_result=on_result, progress=on_step)
     document = results_document(environment, results)
@@ -213,11 +241,14 @@ def _diagnose_options(args) -> str:
 
 
 def _check_writable(out: Path) -> None:
+    import os
+    import tempfile
+
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("")
-        probe.unlink()
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".write-test.")  # a fresh name: never follows a planted link
+        os.close(fd)
+        os.unlink(probe)
     except OSError as exc:
         raise HarnessError(out, "--out", f"output directory is not writable ({exc.strerror})") from None
 
@@ -246,7 +277,14 @@ def cmd_report(args) -> int:
     from .report import build_report
 
     outcome = build_report(args.paths, args.out, baseline=args.baseline, psnr_drop_db=args.psnr_drop)
+    outcome.regressions_only = args.regressions_only
     print(f"report: {outcome.path}")
+    if outcome.failing_count and not args.regressions_only:
+        print(f"report: {outcome.failing_count} failing previews (exit 1; --regressions-only exits 0 for failures "
+              "that are not regressions)", file=sys.stderr)
+    if outcome.exit_code == 3:
+        print("report: nothing was compared: no result passed or failed (every one unreproducible, or none)",
+              file=sys.stderr)
     if args.baseline is not None:
         c = outcome.document["baseline"]["counts"]
         print(f"vs baseline: {c['regression']} regressions, {c['standing_failure']} standing failures, {c['new']} new, "
@@ -294,8 +332,6 @@ def cmd_fingerprint(args) -> int:
     from .stack import dump_stack, fingerprint
 
     if args.threads is not None:
-        if args.threads < 1:
-            raise HarnessError(None, "--threads", "must be at least 1")
         torch.set_num_threads(args.threads)
     sys.stdout.write(dump_stack(fingerprint(resolve_device(args.device)), as_json=args.json))
     return 0

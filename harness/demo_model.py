@@ -402,6 +402,23 @@ def write_aitk_lora(path: str | Path, state: dict[str, torch.Tensor], metadata: 
     return path
 
 
+def write_combined_aitk_lora(path: str | Path, high: str | Path, low: str | Path) -> Path:
+    """The one file ai-toolkit saves with ``split_multistage_loras: false`` from a split pair: the same tensors with
+    ``diffusion_model.transformer_1.`` (high noise) / ``transformer_2.`` (low noise) keys and the same metadata."""
+    from safetensors import safe_open
+
+    state, meta = {}, {}
+    for number, source in (("1", high), ("2", low)):
+        with safe_open(str(source), framework="pt") as handle:
+            meta = handle.metadata() or meta
+            for key in handle.keys():
+                state[key.replace("diffusion_model.", f"diffusion_model.transformer_{number}.", 1)] = handle.get_tensor(key)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path), metadata=meta)
+    return path
+
+
 def aitk_metadata(name: str, step: int | None = None, epoch: int = 0) -> dict:
     """Metadata like ai-toolkit's ``save()``: the example job ``meta:`` block (name/version) with
     ``[name]`` filled in, then training_info, base model version, output name, software, format."""

@@ -134,15 +134,16 @@ class LoraCache:
         self.reader = reader
         self._entries: "OrderedDict[tuple[str, int], dict]" = OrderedDict()
 
-    def get(self, path: Path) -> dict:
-        key = (str(path), path.stat().st_mtime_ns)
+    def get(self, path: Path, expert: str | None = None) -> dict:
+        """The parsed file; ``expert`` picks one half of a combined file (``LoraPair.combined``)."""
+        key = (str(path), path.stat().st_mtime_ns, expert)
         if key in self._entries:
             self._entries.move_to_end(key)
             return self._entries[key]
         reader = self.reader
         if reader is None:
             from .render.lora import read_lora_file as reader
-        self._entries[key] = reader(path)
+        self._entries[key] = reader(path) if expert is None else reader(path, expert=expert)
         while len(self._entries) > self.size:
             self._entries.popitem(last=False)
         return self._entries[key]
@@ -224,10 +225,21 @@ class Engine:
 
         profile, why = self.choose_profile(target)
         preview = target.preview
-        plan = quantization_plan(target.model_block, self.aitk_version(target), ara_path=self.options.ara)
+        plan = quantization_plan(target.model_block, self.aitk_version(target), *self.ara_file(target))
         return RenderSettings(profile=profile, sample=preview.sample, multiplier=preview.multiplier, use_lora=True,
                               merged=preview.merged, quantization=plan, profile_why=why,
                               profile_forced=not self.profile_is_auto(target))
+
+    def ara_file(self, target: PreviewTarget) -> tuple[str | None, str | None]:
+        """(path, how it was found) of the accuracy recovery adapter the job names: --ara, --path-map, HF cache."""
+        from .paths import resolve_ara
+        from .render.quant import ara_source
+
+        source = ara_source(target.model_block)
+        if source is None or not target.model_block.get("quantize"):
+            return self.options.ara, None
+        path, note = resolve_ara(source, target.path_map, self.options.ara, file=target.config_file)
+        return str(path), note
 
     def approximations(self, target: PreviewTarget, settings: RenderSettings, device: str) -> list[str]:
         """Reasons this render cannot claim bit-exactness, said up front rather than discovered as drift."""
@@ -255,7 +267,8 @@ class Engine:
         for side in ("high", "low") if lora is not None else ():
             path = getattr(lora, side)
             if path is not None:
-                paths[side], layers[side] = Path(path), self.loras.get(Path(path))
+                paths[side] = Path(path)
+                layers[side] = self.loras.get(paths[side], side if lora.combined else None)
         return paths, layers
 
     def control_image_path(self, target: PreviewTarget, sample) -> tuple[Path, str | None]:

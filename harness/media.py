@@ -22,6 +22,7 @@ from PIL import Image, ImageSequence, UnidentifiedImageError, features
 
 from harness.errors import HarnessError
 from harness.fsutil import write_atomic
+from harness.limits import check_frame_size
 
 PILLOW_SUFFIXES = {".webp", ".png", ".jpg", ".jpeg", ".gif"}
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm"}
@@ -73,12 +74,15 @@ def _decode_pillow(fp, source: str) -> Clip:
     """Every frame via ImageSequence: animated WebP keeps per-frame timing only after load()."""
     try:
         with Image.open(fp) as im:
+            check_frame_size(im.width, im.height, source, frames=getattr(im, "n_frames", 1))
             frames, durations = [], []
             for frame in ImageSequence.Iterator(im):
                 frame.load()  # WebP fills info["duration"] while decoding the frame
                 frames.append(np.asarray(frame.convert("RGB")))
                 if "duration" in frame.info:
                     durations.append(int(frame.info["duration"]))
+    except Image.DecompressionBombError as exc:
+        raise HarnessError(source, "size", f"too large to decode ({exc})") from None
     except _DECODE_ERRORS as exc:
         raise HarnessError(source, None, f"cannot decode image (truncated or corrupt?): {exc}") from None
     _check_same_size(frames, source)
@@ -121,7 +125,10 @@ def _read_png_folder(folder: Path) -> Clip:
 
 def _read_npy(path: Path) -> Clip:
     try:
-        arr = np.load(path, allow_pickle=False)
+        header = np.load(path, mmap_mode="r", allow_pickle=False)  # the shape, before reading a byte of data
+        if header.ndim in (3, 4):
+            check_frame_size(header.shape[-2], header.shape[-3], path, frames=header.shape[0] if header.ndim == 4 else 1)
+        arr = np.array(header)
     except (OSError, ValueError, EOFError) as exc:
         raise HarnessError(path, None, f"cannot read .npy (truncated or corrupt?): {exc}") from None
     if arr.ndim == 3:

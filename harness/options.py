@@ -61,13 +61,18 @@ def _text(text: str) -> str:
 
 
 def _threads(text: str) -> int:
+    """1 .. this machine's CPUs: torch segfaults inside OpenMP on a count like 100000."""
+    from .limits import check_threads
+    from .errors import HarnessError
+
     try:
         value = int(text)
     except ValueError:
-        value = 0
-    if value < 1:
-        raise ValueError(f"must be a whole number >= 1, got {text!r}")
-    return value
+        value = text
+    try:
+        return check_threads(value, None, "threads")
+    except HarnessError as exc:
+        raise ValueError(exc.message) from None
 
 
 def _int_set(text: str) -> set[int] | None:

@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 from harness.errors import HarnessError
+from harness.fsutil import file_kind
 
 MODEL_SUBFOLDERS = ("transformer", "transformer_2", "vae", "text_encoder", "tokenizer")
 VAE_HUB_ID = "ai-toolkit/wan2.1-vae"
@@ -125,6 +126,30 @@ def resolve_model(name_or_path: str, path_map: PathMap, base_model_override: str
                                         f"({hf_hub_cache()}) and nothing is downloaded; give --base-model DIR")
     raise HarnessError(file, field, f"model folder {name_or_path!r} not found (mapped: {mapped}); "
                                     "give --path-map OLD=NEW or --base-model DIR")
+
+
+def resolve_ara(source: str, path_map: PathMap, override: str | Path | None = None, *, file: object = None,
+                field: str = "config.process[0].model.qtype") -> tuple[Path, str | None]:
+    """The accuracy recovery adapter a ``qtype: "uint4|<ara>"`` job names, on this machine: ``--ara`` (an override),
+    else the job's path through --path-map, else ai-toolkit's hub form ``user/repo/file.safetensors`` from the local
+    Hugging Face cache (ai-toolkit's ``hf_hub_download`` target). Never downloads. Returns (path, how it was found)."""
+    if override is not None:
+        path = Path(override)
+        kind = file_kind(path)
+        if kind is not None:
+            raise HarnessError(None, "--ara", f"{str(path)!r} is {kind}, not the adapter's .safetensors file")
+        return path, f"ARA from --ara {path} (the job names {source!r})"
+    mapped = Path(path_map.map(source))
+    if mapped.is_file():
+        return mapped, None if str(mapped) == source else f"ARA {source!r} mapped to {mapped}"
+    parts = source.split("/")
+    if not source.startswith(("/", ".")) and 2 <= len(parts) <= 3:  # ai-toolkit: repo = parts[0]/parts[1], file = last
+        snap = cached_snapshot(f"{parts[0]}/{parts[1]}")
+        if snap is not None and (snap / parts[-1]).is_file():
+            return snap / parts[-1], f"ARA hub file {source!r} resolved from the local Hugging Face cache ({snap})"
+    raise HarnessError(file, field, f"the accuracy recovery adapter {source!r} is not a file here (mapped: {mapped}) "
+                                    "and not in the local Hugging Face cache, and nothing is downloaded; give "
+                                    "--path-map OLD=NEW or --ara PATH")
 
 
 def _check_subfolders(path: Path, required: tuple[str, ...], file: object, field: str) -> None:

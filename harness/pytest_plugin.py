@@ -10,6 +10,10 @@
 
 Items are named ``case::step::index``. Without a visible GPU they skip with a reason unless
 ``--parity-device cpu`` is given (tiny models, the CPU oracle).
+
+A session that compared nothing must not pass: when parity items were collected, no other test ran, and not one
+parity item was compared with its golden (every one skipped: unreproducible, or no GPU), the session exits 5
+(pytest's "no tests collected": nothing was tested) with a line saying so.
 """
 
 from __future__ import annotations
@@ -114,6 +118,8 @@ def pytest_configure(config):
     elif _no_explicit_paths(config) and (config.rootpath / "cases").is_dir():
         config.args.append(str(config.rootpath / "cases"))
     config._parity = ParitySession(config, settings)
+    config._parity_counter = ComparedCounter()
+    config.pluginmanager.register(config._parity_counter, "wan-parity-counter")
 
 
 def _no_explicit_paths(config) -> bool:
@@ -132,8 +138,12 @@ def pytest_collect_file(file_path: Path, parent):
 
 def pytest_collection_modifyitems(session, config, items):
     """``--parity-steps``/``--parity-samples``/``--parity-shard``: previews left out are deselected (harness.targets)."""
-    from .targets import select
+    from .targets import select, unique
 
+    try:
+        unique([item.target for item in items if isinstance(item, PreviewItem)])
+    except HarnessError as exc:  # two case files of one name would overwrite each other's results
+        raise pytest.UsageError(exc.line()) from None
     settings = config._parity.settings
     if settings.steps is None and settings.samples is None and settings.shard is None:
         return
@@ -254,12 +264,14 @@ class PreviewItem(pytest.Item):
 
         session = self.config._parity
         reason = session.skip_reason(self.target)
+        self.user_properties.append((PARITY_PROPERTY, "skipped"))
         if reason:
             pytest.skip(reason)
-        if self.target.preview.unreproducible:
+        if self.target.preview.unreproducible and not self.target.preview.broken:
             pytest.skip(f"unreproducible: {self.target.preview.unreproducible}")
         try:
             result = run_one(session.engine(), self.target)
+            self.user_properties[-1] = (PARITY_PROPERTY, result.status)
             session.results.append(result)
             write_json_atomic(result_file(session.out, self.target), result.to_json())
         except HarnessError as exc:
@@ -307,10 +319,41 @@ def _failure_line(result, out: Path) -> str:
             f"report: {out / 'report.html'}; next: {result.diagnose_command()}")
 
 
+PARITY_PROPERTY = "wan-parity"  # a user property on every parity item's report (it travels through xdist)
+
+
 def pytest_sessionstart(session):
     import time
 
     session.config._parity_started = time.time()
+
+
+class ComparedCounter:
+    """Parity items compared, parity items not compared, other tests run: fed by every test report (on the xdist
+    controller too: the status travels as a user property)."""
+
+    def __init__(self):
+        self.compared = self.skipped = self.other = 0
+
+    def pytest_runtest_logreport(self, report):
+        if report.when != "call":
+            return
+        status = dict(report.user_properties).get(PARITY_PROPERTY)
+        if status is None:
+            self.other += 1
+        elif status in ("pass", "fail"):
+            self.compared += 1
+        else:
+            self.skipped += 1
+
+    @property
+    def nothing(self) -> bool:
+        return self.skipped > 0 and self.compared == 0 and self.other == 0
+
+
+def _compared_nothing(config) -> bool:
+    counter = getattr(config, "_parity_counter", None)
+    return counter is not None and counter.nothing and not hasattr(config, "workerinput")
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -318,6 +361,8 @@ def pytest_sessionfinish(session, exitstatus):
     parity = getattr(session.config, "_parity", None)
     if parity is None:
         return
+    if _compared_nothing(session.config) and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.NO_TESTS_COLLECTED
     from .fsutil import write_json_atomic
     from .result import results_document
 
@@ -354,6 +399,10 @@ def _worker_documents(out: Path, started: float) -> list[dict]:
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if _compared_nothing(config):
+        terminalreporter.write_line(f"wan-parity: nothing was compared: all {config._parity_counter.skipped} parity "
+                                    "items skipped (reasons above with -rs); exit 5, a session that checked nothing "
+                                    "is not a pass")
     parity = getattr(config, "_parity", None)
     document = getattr(parity, "merged", None)
     if document is None:

@@ -65,6 +65,7 @@ class PreviewResult:
     stack_diff: dict | None = None
     stack_unknown: list | None = None
     stack_reason: str | None = None
+    identity: dict | None = None  # what decided this result besides the code (runner.result_identity): --resume key
     # how it was rendered (harness.engine.RenderOutcome)
     device: str | None = None
     offload: str | None = None
@@ -161,6 +162,9 @@ class PreviewResult:
 
         if not isinstance(data, dict) or "key" not in data:
             raise HarnessError(source, None, "not a preview result (no 'key')")
+        if data.get("status") not in (*STATUSES, None):  # unknown would count as neither pass nor fail; missing: unknown
+            raise HarnessError(source, f"results[{data.get('key')}].status",
+                               f"{data.get('status')!r} is not a result status ({', '.join(STATUSES)})")
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
         try:
@@ -193,18 +197,34 @@ def summarize(results: list[PreviewResult]) -> dict:
 
 
 def summary_line(results: list[PreviewResult]) -> str:
-    """``N passed, M failed, K unreproducible, E errors (B bit-exact)``: the last line a CI log needs."""
+    """``N passed, M failed, K unreproducible, E errors (B bit-exact)``: the last line a CI log needs; a run that
+    compared nothing says so, so a green-looking line can never hide an empty check."""
     counts = summarize(results)
     words = (("pass", "passed"), ("fail", "failed"), ("unreproducible", "unreproducible"), ("error", "errors"))
-    return ", ".join(f"{counts.get(status, 0)} {word}" for status, word in words) + f" ({counts['bit_exact']} bit-exact)"
+    line = ", ".join(f"{counts.get(status, 0)} {word}" for status, word in words) + f" ({counts['bit_exact']} bit-exact)"
+    return line + (f"; {nothing_compared(results)}" if exit_code(results) == NOTHING_COMPARED else "")
+
+
+NOTHING_COMPARED = 3
+
+
+def nothing_compared(results: list[PreviewResult]) -> str:
+    """Why a run compared no preview with its golden (the exit-3 line)."""
+    if not results:
+        return "nothing was compared: no previews were selected"
+    return (f"nothing was compared: all {len(results)} previews are unreproducible (see each result's reason); "
+            "this run checked nothing")
 
 
 def exit_code(results: list[PreviewResult]) -> int:
-    """0 every check passed, 1 some preview drifted, 2 bad input (an ``error`` result)."""
+    """0 every compared preview passed, 1 some preview drifted, 2 bad input (an ``error`` result), 3 nothing was
+    compared (no previews, or every one unreproducible): a nightly that checked nothing must not be green."""
     statuses = {r.status for r in results}
     if "error" in statuses:
         return 2
-    return 1 if "fail" in statuses else 0
+    if "fail" in statuses:
+        return 1
+    return 0 if "pass" in statuses else NOTHING_COMPARED
 
 
 def result_order(r: PreviewResult) -> tuple:

@@ -48,6 +48,10 @@ def base_result(target: PreviewTarget) -> PreviewResult:
 def run_one(engine: Engine, target: PreviewTarget) -> PreviewResult:
     """Render, compare and (with --out) write one preview; user-facing problems become an ``error`` result."""
     result = base_result(target)
+    result.identity = result_identity(engine, target)
+    if target.preview.broken:
+        result.status, result.message = "error", target.preview.broken
+        return result
     if target.preview.unreproducible:
         result.status, result.message = "unreproducible", target.preview.unreproducible
         return result
@@ -191,20 +195,89 @@ def result_file(out: Path, target: PreviewTarget) -> Path:
 
 def run_targets(targets: list[PreviewTarget], options: RunOptions, on_result=None, progress=None,
                 engine: Engine | None = None) -> tuple[dict, list[PreviewResult]]:
-    """Run all targets in an order that reuses loaded models and LoRAs; returns (environment, results)."""
+    """Run all targets in an order that reuses loaded models and LoRAs; returns (environment, results).
+
+    With ``--resume`` a finished result is reused only when it was made with this run's settings
+    (:func:`result_identity`); every earlier result is read before anything renders, so a corrupt one stops the run
+    at once."""
     engine = engine or Engine(options, progress=progress)
     ordered = sorted(targets, key=lambda t: (t.model_name, str(t.preview.lora), t.preview.case, t.preview.step, t.preview.index))
+    earlier = _earlier_results(ordered, options)
     results = []
     for target in ordered:
-        done = result_file(options.out, target) if options.out is not None else None
-        if options.resume and done is not None and done.is_file():
-            result = PreviewResult.from_json(json.loads(done.read_text()), done)
-            result.resumed = True
-        else:
+        result, changed = _reusable(earlier.get(target.key), engine, target)
+        if result is None:
             result = run_one(engine, target)
-            if done is not None:
-                write_json_atomic(done, result.to_json())
+            result.notes += [f"re-rendered under --resume: the earlier result was made with other {changed}"] if changed else []
+            if options.out is not None:
+                write_json_atomic(result_file(options.out, target), result.to_json())
         results.append(result)
         if on_result is not None:
             on_result(result)
     return engine.environment(), results
+
+
+def result_identity(engine: Engine, target: PreviewTarget) -> dict:
+    """What decides a preview's result besides the code: the sampler choice, the stack, the thresholds, the options
+    that pick the models, and the identity (size, mtime) of the LoRA and golden files."""
+    from dataclasses import asdict
+
+    from .numbers import to_json
+
+    def stat(path) -> dict | None:
+        try:
+            info = Path(path).stat()
+        except (OSError, TypeError):
+            return None
+        return {"path": str(path), "size": info.st_size, "mtime_ns": info.st_mtime_ns}
+
+    o, p = engine.options, target.preview
+    threads = target.threads if target.threads and o.threads is None else engine.threads
+    try:
+        device = engine.device_for(target)
+        stack = {**engine.stack_here(device), "threads": threads}
+    except HarnessError:  # a device this machine lacks: the render reports it as the preview's error
+        device, stack = target.device, None
+    identity = {
+        "profile": o.profile or target.profile or "auto", "device": device, "offload": o.offload,
+        "stack": stack, "golden_stack": target.golden_stack,
+        "thresholds": asdict(target.thresholds) if target.thresholds is not None else None,
+        "models": {"base_model": o.base_model, "vae": o.vae or target.vae, "ara": o.ara, "name": target.model_name},
+        "lora": None if p.lora is None else {s: stat(getattr(p.lora, s)) for s in ("high", "low")},
+        "golden": stat(p.golden), "golden_raw": stat(p.golden_raw) if p.golden_raw else None,
+    }
+    return json.loads(json.dumps(to_json(identity), default=str))  # as it reads back from a result file
+
+
+def _earlier_results(targets: list[PreviewTarget], options: RunOptions) -> dict[str, PreviewResult]:
+    """``--resume``: the results already in --out, by key; a corrupt one is one error line naming it."""
+    from .limits import parse_json
+
+    if not options.resume or options.out is None:
+        return {}
+    found = {}
+    for target in targets:
+        done = result_file(options.out, target)
+        if not done.is_file():
+            continue
+        try:
+            found[target.key] = PreviewResult.from_json(parse_json(done.read_text(encoding="utf-8"), done), done)
+        except (HarnessError, UnicodeDecodeError, OSError) as exc:
+            reason = exc.line() if isinstance(exc, HarnessError) else f"{done}: {exc}"
+            raise HarnessError(None, "--resume", f"{reason}; delete that result (it is rendered again) or run "
+                                                 "without --resume") from None
+    return found
+
+
+def _reusable(earlier: PreviewResult | None, engine: Engine, target: PreviewTarget):
+    """(the earlier result, None) when it was made with this run's settings, else (None, what changed)."""
+    if earlier is None:
+        return None, None
+    now = result_identity(engine, target)
+    if earlier.identity == now:
+        earlier.resumed = True
+        return earlier, None
+    if not isinstance(earlier.identity, dict):
+        return None, "settings (it records none)"
+    changed = sorted(k for k in now if earlier.identity.get(k) != now[k])
+    return None, "settings (" + ", ".join(changed) + ")"

@@ -67,7 +67,7 @@ def compare_renders(a: np.ndarray, b: np.ndarray, fps: int = 16, ext: str = "web
 
 
 def _pick(targets, preview_index: int):
-    reproducible = [t for t in targets if not t.preview.unreproducible]
+    reproducible = [t for t in targets if not (t.preview.unreproducible or t.preview.broken)]
     if not reproducible:
         reasons = sorted({t.preview.unreproducible for t in targets if t.preview.unreproducible})
         raise HarnessError(targets[0].config_file if targets else None, None,

@@ -37,10 +37,14 @@ class SampleSpec:
 
 @dataclass(frozen=True)
 class LoraPair:
-    """The LoRA checkpoint files of one step; a side is None when that expert was not trained."""
+    """The LoRA checkpoint files of one step; a side is None when that expert was not trained.
+
+    ``combined``: both sides are the one file ai-toolkit saves with ``split_multistage_loras: false`` (keys
+    ``diffusion_model.transformer_1.*`` for high noise, ``transformer_2.*`` for low noise)."""
 
     high: Path | None
     low: Path | None
+    combined: bool = False
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,7 @@ class PreviewJob:
     unreproducible: str | None = None
     golden_raw: Path | None = None  # lossless frames, when the output folder has them
     extra: dict = field(default_factory=dict)
+    broken: str | None = None  # an input that exists but cannot be used (one error line): an error, not unreproducible
 
     @property
     def golden_ext(self) -> str:

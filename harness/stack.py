@@ -30,6 +30,7 @@ from typing import Callable
 import yaml
 
 from .errors import HarnessError
+from .limits import MAX_STACK_THREADS
 
 # ---------------------------------------------------------------- vocabularies
 
@@ -183,10 +184,12 @@ def load_stack(path: str | Path) -> dict:
     if not path.is_file():
         raise HarnessError(path, None, "golden stack file not found (write one with `wan-parity fingerprint > FILE` "
                                        "on the machine that rendered the goldens)")
+    from .limits import parse_yaml
+
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))  # JSON is YAML
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise HarnessError(path, None, f"not a YAML/JSON stack file ({str(exc).splitlines()[0]})") from None
+        data = parse_yaml(path.read_text(encoding="utf-8"), path)  # JSON is YAML
+    except (UnicodeDecodeError, OSError) as exc:
+        raise HarnessError(path, None, f"not a readable YAML/JSON stack file ({str(exc).splitlines()[0]})") from None
     return check_stack(data, path, "")
 
 
@@ -212,8 +215,8 @@ def check_stack(data, file, prefix: str = "golden_stack") -> dict:
             levels = {"aten_cpu_capability": ATEN_LEVELS, "onednn_max_isa": ONEDNN_LEVELS}.get(key, MKL_LEVELS)
             raise HarnessError(file, where(key), f"{value!r} is not one of {', '.join(levels)}")
         if key in ("threads", "gpu_sm_count", "gpu_max_threads_per_sm") and value is not None and (
-                isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise HarnessError(file, where(key), f"must be a whole number >= 1, got {value!r}")
+                isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_STACK_THREADS):
+            raise HarnessError(file, where(key), f"must be a whole number from 1 to {MAX_STACK_THREADS}, got {value!r}")
         if key == "device" and value not in ("cpu", "cuda"):
             raise HarnessError(file, where(key), f"must be cpu or cuda, got {value!r}")
         out[key] = _normal(key, value) if key in PIN_ENV and value is not None else value

@@ -73,15 +73,15 @@ def from_runcomfy(request: Path, path_map: PathMap | None = None, cache_dir: Pat
 
 def collect(target: str | Path, path_map: PathMap | None = None, cache_dir: Path | None = None) -> list[PreviewTarget]:
     """Dispatch on what the path is; anything else is a one-line error naming it."""
-    from .case import find_case_files, is_aitk_output_dir
+    from .case import find_case_files, is_aitk_output_dir, looks_like_output_dir
     from .sources.runcomfy import is_runcomfy_request
 
     path = Path(target)
     if not path.exists():
         raise HarnessError(path, None, "not found; give a case file, a folder of case files, an ai-toolkit output "
                                        "folder or a runcomfy request JSON")
-    if path.is_dir() and is_aitk_output_dir(path):
-        return from_output_dir(path, path_map)
+    if path.is_dir() and (is_aitk_output_dir(path) or looks_like_output_dir(path)):
+        return from_output_dir(path, path_map)  # a half output folder says what is missing or unreadable
     if path.is_file() and is_runcomfy_request(path):
         return from_runcomfy(path, path_map, cache_dir)
     case_files = find_case_files(path)
@@ -108,6 +108,32 @@ def select(targets: list[PreviewTarget], steps: set[int] | None, samples: set[in
     kept = [t for t in targets
             if (steps is None or t.preview.step in steps) and (samples is None or t.preview.index in samples)]
     return kept if shard_of is None else shard(kept, *shard_of)
+
+
+def unique(targets: list[PreviewTarget]) -> list[PreviewTarget]:
+    """Each preview once. The same preview reached twice (a case file and its folder) runs once; two different
+    previews under one name (two cases or output folders called the same) would overwrite each other's results and
+    renders in --out, so that is refused before anything renders."""
+    from .runner import result_file
+
+    seen: dict[Path, PreviewTarget] = {}
+    kept = []
+    for target in targets:
+        slot = result_file(Path("."), target)
+        other = seen.get(slot)
+        if other is None:
+            seen[slot] = target
+            kept.append(target)
+        elif _golden_identity(other) != _golden_identity(target):
+            raise HarnessError(target.source, "name", f"preview {target.key} is also a preview of {other.source}: their "
+                               "results and renders would overwrite each other in --out; give one of them another "
+                               "name (the case's `name:`, or `wan-parity import --name`)")
+    return kept
+
+
+def _golden_identity(target: PreviewTarget):
+    golden = target.preview.golden
+    return Path(golden).resolve() if golden else (target.source, target.preview.index)
 
 
 def shard_group(target: PreviewTarget) -> tuple:

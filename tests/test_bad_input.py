@@ -6,8 +6,8 @@ Three outcomes are checked, by where the problem is found:
 * ``result`` - found for one preview (its control image, LoRA, base model, golden): exit 2 and the preview's
   result is ``error`` with a one-line message starting with the file and naming the field (stderr, if the CLI
   prints the error results there, is only ``error:`` lines);
-* ``unrepro`` - the preview exists but ai-toolkit's inputs cannot be reconstructed: exit 0, status
-  ``unreproducible`` with the reason naming the field.
+* ``unrepro`` - the preview exists but ai-toolkit's inputs cannot be reconstructed: status ``unreproducible`` with
+  the reason naming the field; a run in which every preview is unreproducible compared nothing and exits 3.
 
 Only the tiny offline model is used, and no case here renders more than one denoising step.
 """
@@ -33,6 +33,7 @@ from harness.cli import main
 from harness.demo import DEMO_CASE
 from harness.demo_model import build_tiny_model, make_demo_lora_pair, write_aitk_lora, aitk_metadata
 from harness.media import encode_like_aitk
+from harness.targets import collect
 
 PROGRESS = re.compile(r"\[\d+/\d+\] ")  # the one line per finished preview off a TTY (stderr)
 
@@ -245,22 +246,26 @@ def test_unreproducible_previews_are_reported_not_failed(job, tmp_path, capsys, 
     mutate(job)
     job.write()
     rc, err, doc = run_cli(capsys, job.dir, tmp_path / "out", "--steps", "0", "--samples", "0")
-    assert rc == 0, err
+    assert rc == 3, err  # nothing was compared: never green
     result = only_result(doc)
     assert result["status"] == "unreproducible"
     for w in words:
         assert w in result["message"], result["message"]
 
 
-def test_deleted_and_combined_checkpoints_are_unreproducible_with_the_fix(job, tmp_path, capsys):
-    (job.dir / HIGH_250).unlink()
-    (job.dir / LOW_250).unlink()
+def test_deleted_checkpoint_is_unreproducible_and_a_combined_one_is_used(job, tmp_path, capsys):
+    from harness.demo_model import write_combined_aitk_lora
+
+    high, low = job.dir / HIGH_250, job.dir / LOW_250
+    combined = write_combined_aitk_lora(tmp_path / "demo_000000250.safetensors", high, low)
+    high.unlink()
+    low.unlink()
     rc, err, doc = run_cli(capsys, job.dir, tmp_path / "out", "--steps", "250", "--samples", "0")
-    assert rc == 0 and "max_step_saves_to_keep" in only_result(doc)["message"]
-    save_file({"transformer_1.x": torch.zeros(1)}, str(job.dir / "demo_000000250.safetensors"))
-    rc, err, doc = run_cli(capsys, job.dir, tmp_path / "out2", "--steps", "250", "--samples", "0")
     message = only_result(doc)["message"]
-    assert rc == 0 and "combined" in message and HIGH_250 in message and "transformer_2" in message
+    assert rc == 3 and "was deleted" in message and "demo_000000250.safetensors" in message  # no file in any format
+    os.replace(combined, job.dir / combined.name)
+    lora = next(t.preview.lora for t in collect(job.dir) if t.preview.step == 250)
+    assert lora.combined and lora.high == lora.low == job.dir / combined.name
 
 
 # ---------------------------------------------------------------------------------------------------- per preview
@@ -517,7 +522,7 @@ CASE_CASES = {
     "name_absolute": ({"name": "/tmp/outside"}, "name", ["not a valid case name"]),
     "unknown_key": ({"golden": "x"}, "golden", ["unknown key"]),
     "profile": ({"profile": "fast"}, "profile", ["aitk-euler"]),
-    "threads": ({"threads": 0}, "threads", [">= 1"]),
+    "threads": ({"threads": 0}, "threads", ["from 1 to"]),
     "tolerance": ({"tolerances": {"psnr_min": "high"}}, "tolerances.psnr_min", ["number"]),
     "steps": ({"steps": "0,250"}, "steps", ["list"]),
     "golden_dir_missing": ({"golden_dir": "../nowhere"}, "golden_dir", ["re-import"]),
@@ -548,7 +553,7 @@ def test_outputs_stay_under_out_whatever_the_case_name(job, tmp_path, capsys):
     job.write()
     out = tmp_path / "out"
     rc, err, doc = run_cli(capsys, case, out)
-    assert rc == 0
+    assert rc == 3  # its one preview is unreproducible: nothing was compared
     written = [p for p in tmp_path.rglob("*.json") if "hf" not in p.parts]
     assert written and all(out in p.parents for p in written)
 
@@ -606,7 +611,7 @@ def test_interrupt_keeps_finished_results_and_resume_skips_them(job, tmp_path, c
 
     calls.clear()
     rc, err, doc = run_cli(capsys, job.dir, out, "--resume")
-    assert rc == 0 and len(calls) == 4  # 6 previews, 2 taken from the interrupted run
+    assert rc == 3 and len(calls) == 4  # 6 previews, 2 taken from the interrupted run; all unreproducible
     assert sum(1 for r in doc["results"] if r.get("resumed")) == 2
 
 

@@ -1,7 +1,7 @@
 """Fuzz the input path: a few hundred mutated job configs and case files through ``wan-parity run``.
 
-Every run must end in exit code 2 with one ``error:`` line (or error results with one-line messages), or in a normal
-result (exit 0: unreproducible previews); never in a traceback. Nothing is rendered: the job's base model does not
+Every run must end in exit code 2 with one ``error:`` line (or error results with one-line messages), or in exit 3
+(every preview unreproducible: nothing was compared); never in a traceback. Nothing is rendered: the job's base model does not
 exist, and loading any model fails the test outright. A seeded mutator (no hypothesis dependency) keeps every
 failure reproducible: the test id carries the seed.
 """
@@ -150,7 +150,7 @@ def run_and_check(capsys, target: Path, out: Path, label: str) -> int:
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and not PROGRESS.match(line)]
     doc_file = out / "results.json"
     doc = json.loads(doc_file.read_text()) if doc_file.is_file() else None
-    assert rc in (0, 2), f"{label}: exit code {rc}: {err}"
+    assert rc in (2, 3), f"{label}: exit code {rc}: {err}"  # nothing renders here: never 0 (nothing was compared)
     assert all(line.startswith("error: ") for line in err), f"{label}: {err}"
     if rc == 2 and doc is None:
         assert len(err) == 1, f"{label}: {err}"
@@ -158,6 +158,7 @@ def run_and_check(capsys, target: Path, out: Path, label: str) -> int:
         statuses = {r["status"] for r in doc["results"]}
         assert statuses <= {"error", "unreproducible"}, f"{label}: {statuses}"
         assert (rc == 2) == ("error" in statuses), f"{label}: rc {rc}, {statuses}"
+        assert (rc == 3) == (statuses <= {"unreproducible"}), f"{label}: rc {rc}, {statuses}"
         for r in doc["results"]:
             assert r["message"] and "\n" not in r["message"] and "Traceback" not in r["message"], f"{label}: {r}"
     return rc
@@ -177,7 +178,7 @@ def _fresh_copy(job_dir: Path, dest: Path) -> Path:
 def test_mutated_job_configs_never_trace_back(job_dir, tmp_path, capsys, seed):
     rng = random.Random(seed)
     base = yaml.safe_load((job_dir / "config.yaml").read_text())
-    outcomes = {0: 0, 2: 0}
+    outcomes = {2: 0, 3: 0}
     for n in range(PER_ROUND):
         folder = _fresh_copy(job_dir, tmp_path / f"m{n}" / "demo")
         if rng.random() < 0.7:

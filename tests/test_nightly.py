@@ -262,7 +262,10 @@ def test_report_without_regressions_exits_zero(tmp_path):
     last, s1, s2, _ = _nightly_files(tmp_path)
     tonight = build_report([s1, s2], tmp_path / "n1")
     rolled = build_report([s2], tmp_path / "n2", baseline=tmp_path / "n1" / "results.merged.json")
-    assert tonight.exit_code == 0 and rolled.exit_code == 0 and rolled.regression_count == 0
+    assert rolled.regression_count == 0 and tonight.failing_count > 0  # standing failures, no regression
+    assert tonight.exit_code == rolled.exit_code == 1  # failures in the documents fail `report` by default ...
+    tonight.regressions_only = rolled.regressions_only = True
+    assert tonight.exit_code == rolled.exit_code == 0  # ... and with --regressions-only only regressions do
     assert rolled.missing_count == 1  # tonight's shard 1 did not run
     raw = rolled.path.read_text(encoding="utf-8")
     assert "no regressions" in raw and "did not finish" in raw

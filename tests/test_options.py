@@ -111,6 +111,14 @@ def test_cli_and_pytest_name_the_registry_profiles(pytester, new_profile):
 
 # ---------------------------------------------------------------------------------------------- one RunOptions
 
+
+@pytest.fixture(autouse=True)
+def eight_cpus(monkeypatch):
+    """Thread counts are checked against this machine's CPUs (harness.limits); these tests use up to 3."""
+    from harness import limits
+
+    monkeypatch.setattr(limits, "cpu_count", lambda: 8)
+
 INPUTS = {"base-model": "/models/base", "vae": "/models/vae", "device": "cpu", "threads": "3",
           "profile": "aitk-unipc", "ara": "/models/ara.safetensors", "offload": "experts", "out": "somewhere"}
 
@@ -139,7 +147,10 @@ def test_cli_and_pytest_build_the_same_run_options(pytester):
 
 def test_bad_values_name_the_flag_or_the_ini_key(pytester, capsys):
     assert cli.main(["run", "T", "--threads", "0"]) == 2
-    assert capsys.readouterr().err.strip() == "error: --threads: must be a whole number >= 1, got '0'"
+    assert capsys.readouterr().err.strip() == ("error: --threads: must be a whole number from 1 to 8 (this machine "
+                                               "has 8 CPUs), got 0")
+    assert cli.main(["run", "T", "--threads", "100000"]) == 2  # torch segfaults setting it
+    assert "got 100000" in capsys.readouterr().err
     with pytest.raises(pytest.UsageError, match=r"^--parity-steps: 'x' is not a comma-separated list"):
         run_settings(pytester.parseconfig("--parity-steps", "x"))
     ini = pytester.makeini("[pytest]\nparity_offload = most\n")

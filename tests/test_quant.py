@@ -103,10 +103,16 @@ def test_plan_with_ara(tmp_path):
                              "0.12.26", ara_path=ara)
     assert plan.transformer_qtype == "uint4" and plan.text_encoder_qtype == "uint4"  # the TE gets uint4 too
     assert plan.ara_path == str(ara.resolve()) and plan.ara_source.endswith("x.safetensors")
-    assert any("accuracy recovery adapter" in a for a in plan.approximate)
-    assert any("uint4" in a and "torchao 0.10" in a for a in plan.approximate)
+    # uint4 + ARA is verified against ai-toolkit (oracle case_h); only the published hub file itself is not
+    assert len(plan.approximate) == 1 and "hub file 'ostris/accuracy_recovery_adapters/x.safetensors'" in plan.approximate[0]
     assert plan.describe()["ara"]["other_linears"].startswith("bf16")
     hash(plan)  # part of the model-cache key
+    local = quantization_plan({**DEFAULT_JOB, "qtype": f"uint4|{ara}"}, "0.12.26", ara_path=ara)
+    assert local.approximate == ()  # what case_h proves
+    for qtype, why in (("uint3", f"uint3|{ara}"), ("uint4", "uint4")):
+        plan = quantization_plan({**DEFAULT_JOB, "qtype": why}, "0.12.26", ara_path=ara)
+        assert any(a.startswith(qtype) and "verified against ai-toolkit for uint4 with an ARA only" in a
+                   for a in plan.approximate), plan.approximate
 
 
 # ----------------------------------------------------------------------------------- qfloat8 arithmetic

@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from harness.errors import HarnessError
+from harness.fsutil import file_kind
+from harness.limits import parse_yaml
 
 SUPPORTED_ARCHS = ("wan22_14b_i2v",)
 P0 = "config.process[0]"  # field prefix: ai-toolkit only runs the first process for a trainer job
@@ -88,17 +88,17 @@ def load_job(path: str | Path) -> AitkJob:
 
 def _read_yaml(path: Path) -> dict:
     """Load with safe_load; a parse error names the line so the user can open the file there."""
-    if not path.is_file():
+    kind = file_kind(path)
+    if kind == "missing":
         raise HarnessError(path, None, "job config not found; give the ai-toolkit job YAML (or the output folder's config.yaml)")
+    if kind is not None:
+        raise HarnessError(path, None, f"is {kind}, not a job config file; give the ai-toolkit job YAML")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark is not None else "unknown line"
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise HarnessError(path, where, f"YAML does not parse: {problem}; fix the syntax") from None
+        data = parse_yaml(path.read_text(encoding="utf-8"), path)
     except UnicodeDecodeError:
         raise HarnessError(path, None, "not a text file; give the job YAML") from None
+    except OSError as exc:
+        raise HarnessError(path, None, f"cannot be read ({exc.strerror}); check its permissions") from None
     if not isinstance(data, dict):
         raise HarnessError(path, None, "not an ai-toolkit job (top level is not a mapping)")
     return data

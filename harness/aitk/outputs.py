@@ -1,12 +1,14 @@
 """Find the previews in an ai-toolkit output folder and pair each with its settings and LoRA (§1.8, §2, docs/parity).
 
 The file name is the only record of which step and sample a preview belongs to, so pairing follows
-ai-toolkit's naming exactly: ``<time>__<step:09d>_<i>.<ext>`` and ``<name>_<step:09d>_{high,low}_noise``.
+ai-toolkit's naming exactly: ``<time>__<step:09d>_<i>.<ext>`` and ``<name>_<step:09d>_{high,low}_noise`` (or one
+combined ``<name>_<step:09d>`` file with ``split_multistage_loras: false``; :func:`checkpoint_formats`).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import struct
 from collections import defaultdict
@@ -16,6 +18,7 @@ from pathlib import Path
 from harness.aitk.job import P0, AitkJob, load_job
 from harness.aitk.samples import UNREPRODUCIBLE, expand_samples, merge_decision
 from harness.errors import HarnessError
+from harness.fsutil import file_kind
 from harness.spec import LoraPair, PreviewJob, SampleSpec
 
 PREVIEW_RE = re.compile(r"^(?P<time>\d+)__(?P<step>\d{9,})_(?P<index>\d+)\.(?P<ext>webp|jpg|jpeg|png)$", re.I)
@@ -112,6 +115,7 @@ def _pair(out: Path, loras: Path, job: AitkJob, rounds: dict, f: FoundPreview, k
         merged=merged and lora is not None,
         label_note=_label_note(job, f.step, k, n, round_name),
         unreproducible=_combine(spec.unreproducible, lora_reason),
+        broken=broken_checkpoint(loras, job, f.step),
         golden_raw=raw if raw.is_file() else None,
         extra={"time": f.time, "round": round_name, "merge_reason": merge_reason},
     )
@@ -149,51 +153,82 @@ def expected_sides(job: AitkJob) -> tuple[str, ...]:
     return sides or SIDES
 
 
-def checkpoint_files(out: Path, job: AitkJob, step: int | None) -> dict[str, Path]:
-    """Paths of the split LoRA files for a step label (None = the un-numbered final save)."""
-    stem = job.name if step is None else f"{job.name}_{step:09d}"
-    return {s: out / f"{stem}_{s}_noise.safetensors" for s in expected_sides(job)}
+def splits_loras(job: AitkJob) -> bool:
+    """``network.split_multistage_loras`` (ai-toolkit's default True): one file per expert, else one combined file."""
+    return bool(job.network.get("split_multistage_loras", True))
+
+
+def checkpoint_formats(out: Path, job: AitkJob, step: int | None) -> list[tuple[dict[str, Path], bool]]:
+    """Every name ai-toolkit may have saved a step's LoRA under, the job's own format first: ``(files, combined)``.
+
+    ``save()`` names a LoRA ``<name>[_LoRA][_<step:09d>].safetensors`` (``_LoRA`` when an embedding or adapter is
+    trained alongside; no step for the final save) and Wan 2.2's ``save_lora`` splits it into ``_high_noise`` /
+    ``_low_noise`` files unless ``split_multistage_loras`` is false (§2.5)."""
+    suffix = "" if step is None else f"_{step:09d}"
+    sides = expected_sides(job)
+
+    def files(stem: str, combined: bool) -> dict[str, Path]:
+        return {s: out / (f"{stem}.safetensors" if combined else f"{stem}_{s}_noise.safetensors") for s in sides}
+
+    order = (False, True) if splits_loras(job) else (True, False)  # the job's own format first
+    return [(files(stem, combined), combined) for combined in order
+            for stem in (f"{job.name}{suffix}", f"{job.name}_LoRA{suffix}")]
 
 
 def _lora_for(out: Path, job: AitkJob, step: int) -> tuple[LoraPair | None, str | None]:
     """Checkpoint for a preview label, or the reason it cannot be had. Step 0 is the untrained baseline."""
+    found = _found_checkpoint(out, job, step)
+    if found is not None:
+        return _pair_files(*found, step)
     if step == 0:
         return None, None
-    numbered = checkpoint_files(out, job, step)
-    if any(p.is_file() for p in numbered.values()):
-        return _pair_files(numbered, step)
     if job.train_steps is not None and step == job.train_steps:
-        final = checkpoint_files(out, job, None)
-        if any(p.is_file() for p in final.values()):
-            return _pair_files(final, step)
-        return None, f"the final checkpoint ({', '.join(p.name for p in final.values())}) is missing"
-    return None, _missing_reason(out, job, step)
+        names = ", ".join(sorted({p.name for p in checkpoint_formats(out, job, None)[0][0].values()}))
+        return None, f"the final checkpoint ({names}) is missing"
+    return None, _missing_reason(job, step)
 
 
-def _pair_files(files: dict[str, Path], step: int) -> tuple[LoraPair | None, str | None]:
+def _found_checkpoint(out: Path, job: AitkJob, step: int) -> tuple[dict[str, Path], bool] | None:
+    """The first format with a file for this label (the un-numbered final save for the last step), or None."""
+    if step == 0:
+        return None
+    labels = [step] + ([None] if job.train_steps is not None and step == job.train_steps else [])
+    return next(((files, combined) for label in labels for files, combined in checkpoint_formats(out, job, label)
+                 if any(os.path.lexists(p) for p in files.values())), None)
+
+
+def broken_checkpoint(out: Path, job: AitkJob, step: int) -> str | None:
+    """The error line for a checkpoint path that exists but is no file (a folder, a FIFO, a symlink loop): broken
+    input, not a deleted checkpoint. Never opens the path (a FIFO would block)."""
+    found = _found_checkpoint(out, job, step)
+    for path in dict.fromkeys(found[0].values()) if found else ():
+        kind = file_kind(path)
+        if kind not in (None, "missing"):
+            return HarnessError(path, f"LoRA for step {step}", f"is {kind}, not a regular file; give the .safetensors "
+                                "file ai-toolkit saved").line()
+    return None
+
+
+def _pair_files(files: dict[str, Path], combined: bool, step: int) -> tuple[LoraPair | None, str | None]:
     """A LoraPair when every expected side exists; a half checkpoint cannot reproduce the preview."""
     missing = [p.name for p in files.values() if not p.is_file()]
     if missing:
         return None, f"the checkpoint for step {step} is incomplete: {', '.join(missing)} is missing"
-    return LoraPair(high=files.get("high"), low=files.get("low")), None
+    return LoraPair(high=files.get("high"), low=files.get("low"), combined=combined), None
 
 
-def _missing_reason(out: Path, job: AitkJob, step: int) -> str:
-    """Say why a numbered checkpoint is absent, as specifically as the config allows."""
+def _missing_reason(job: AitkJob, step: int) -> str:
+    """Say why no checkpoint exists for a step in any format, as specifically as the config allows."""
     save_every = job.save.get("save_every")
     if isinstance(save_every, int) and save_every > 0 and step % save_every:
         return (f"no checkpoint was saved for step {step} ({P0}.save.save_every={save_every}), "
                 "so the LoRA this preview used was never written")
-    if (out / f"{job.name}_{step:09d}.safetensors").is_file():
-        return (f"the checkpoint for step {step} is one combined file {job.name}_{step:09d}.safetensors "
-                "(network.split_multistage_loras: false); split it into "
-                f"{job.name}_{step:09d}_high_noise.safetensors (the transformer_1.* keys) and "
-                f"{job.name}_{step:09d}_low_noise.safetensors (the transformer_2.* keys), with that prefix removed "
-                "from each key, next to it")
     keep = job.save.get("max_step_saves_to_keep")
     keep_txt = f"={keep}" if keep is not None else ""
     return (f"checkpoint for step {step} was deleted (max_step_saves_to_keep{keep_txt} keeps only the newest "
-            "checkpoints), so the LoRA this preview used is gone")
+            f"checkpoints; no file for the step exists in any format ai-toolkit writes: {job.name}_{step:09d}"
+            f"_{{high,low}}_noise.safetensors or {job.name}_{step:09d}.safetensors), so the LoRA this preview used is "
+            "gone")
 
 
 def lora_metadata(path: str | Path) -> dict[str, str]:

@@ -12,6 +12,7 @@ from typing import Any
 
 from harness.aitk.job import P0, AitkJob
 from harness.errors import HarnessError
+from harness.limits import check_seed
 from harness.spec import SampleSpec
 
 # SampleConfig class defaults (not the UI's): a YAML job that omits a key got these.
@@ -64,6 +65,16 @@ def expand_samples(job: AitkJob, which: str = "sample") -> list[SampleSpec]:
             current_seed = _whole(job, item["seed"], f"{where}.seed", allow_negative=True)
         specs.append(_expand_item(job, block, item, where, i, current_seed))
     return specs
+
+
+def ctrl_image_users(job: AitkJob) -> dict[str, list[int]]:
+    """Each control image path the job's sampling rounds name, with the sample indices that use it."""
+    users: dict[str, list[int]] = {}
+    for which in ["sample"] + (["first_sample"] if job.first_sample is not None else []):
+        for spec in expand_samples(job, which):
+            if spec.ctrl_img and spec.index not in users.setdefault(spec.ctrl_img, []):
+                users[spec.ctrl_img].append(spec.index)
+    return users
 
 
 def merge_decision(job: AitkJob, specs: list[SampleSpec]) -> tuple[bool, str]:
@@ -182,7 +193,7 @@ def _sources(where: str, item: dict, block: dict, flagged: set) -> dict:
     """Which config field each checked value came from, so an error points at the line to edit."""
     block_field = where.rsplit(".", 1)[0]
     out = {}
-    for key in ("width", "height", "num_frames", "sample_steps", "fps", "guidance_scale"):
+    for key in ("width", "height", "num_frames", "sample_steps", "fps", "guidance_scale", "seed"):
         if key in flagged:
             out[key] = f"{where}.prompt"
         elif key in item or key not in block:
@@ -196,6 +207,8 @@ def _validate(job: AitkJob, s: dict, fields: dict) -> None:
     """Reject values ai-toolkit itself could not have rendered, naming where the value came from."""
     for key in ("width", "height", "num_frames", "sample_steps", "fps"):
         s[key] = _whole(job, s[key], fields[key], allow_negative=False)
+    if s["seed"] != -1:
+        check_seed(s["seed"], job.path, fields["seed"])
     g = s["guidance_scale"]
     if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g):
         raise HarnessError(job.path, fields["guidance_scale"], f"must be a finite number, got {g!r}")

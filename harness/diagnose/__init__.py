@@ -64,7 +64,8 @@ steps; 19 renders). On a busy 2-core machine, 2 threads took 3.5x longer than 1.
     }
 
 Exit code of ``diagnose_main``: 0 when every preview was already exact or its explanation was found (unreproducible
-previews do not count), 1 when some preview stays unexplained, 2 when some preview could not be diagnosed (bad input).
+previews do not count), 1 when some preview stays unexplained, 2 when some preview could not be diagnosed (bad input),
+3 when nothing was diagnosed (every preview unreproducible, or none).
 
 Statuses: ``exact`` the baseline is bit-exact already; ``explained`` a single-knob variant is bit-exact; ``likely`` a
 variant passes the preview's thresholds where the baseline does not (or beats a passing baseline); ``numeric`` the

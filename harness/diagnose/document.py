@@ -40,6 +40,8 @@ def run_diagnosis(engine_class, targets: list, options, out_dir, families=None, 
 
 def _entry(engine, target, families, force: bool, progress, exhaustive: bool = False, hint: str | None = None) -> dict:
     """One preview's entry; unreproducible and bad-input previews get one without renders."""
+    if target.preview.broken:
+        return _entry_without_render(target, "error", target.preview.broken)
     if target.preview.unreproducible:
         return _entry_without_render(target, "unreproducible", target.preview.unreproducible)
     hook = None if progress is None else (lambda name, done, total: progress(target.key, name, done, total))
@@ -76,8 +78,11 @@ def summarize(entries: list[dict], seconds: float) -> dict:
 
 
 def exit_code(entries: list[dict]) -> int:
-    """0 every preview exact or explained, 1 some preview unexplained, 2 some preview could not be diagnosed."""
+    """0 every diagnosed preview exact or explained (likely, numeric), 1 some preview stays unexplained, 2 some
+    preview could not be diagnosed, 3 nothing was diagnosed (every preview unreproducible, or none)."""
     statuses = {e["status"] for e in entries}
     if "error" in statuses:
         return 2
-    return 1 if "unexplained" in statuses else 0
+    if "unexplained" in statuses:
+        return 1
+    return 0 if statuses - {"unreproducible"} else 3

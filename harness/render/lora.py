@@ -55,8 +55,44 @@ def _refuse_unusual_keys(path: Path, keys: list[str]) -> None:
                            "Wan 2.2 previews use plain LoRA")
 
 
-def read_lora_file(path: Path) -> dict[str, LoraLayer]:
-    """Parse an ai-toolkit LoRA file into layers keyed by diffusers module name, as fp32 (its in-memory dtype)."""
+_EXPERT_PREFIX = re.compile(r"^(diffusion_model\.)transformer_([12])\.")
+_EXPERT_NUMBER = {"high": "1", "low": "2"}
+
+
+def expert_tensors(path: Path, tensors: dict, expert: str) -> dict:
+    """One expert's tensors of a combined file (``split_multistage_loras: false``, §8.4), prefix removed.
+
+    ai-toolkit keeps ``diffusion_model.transformer_1.`` (high noise) / ``transformer_2.`` (low noise) in a combined
+    file; a job that trained one stage only writes no prefix, so every key belongs to that stage."""
+    if not any(_EXPERT_PREFIX.match(k) for k in tensors):
+        return tensors
+    wanted, out = _EXPERT_NUMBER[expert], {}
+    for key, tensor in tensors.items():
+        match = _EXPERT_PREFIX.match(key)
+        if match is None:
+            out[key] = tensor  # neither expert's: reported as an unknown key below
+        elif match.group(2) == wanted:
+            out[match.group(1) + key[match.end():]] = tensor
+    if not out:
+        raise HarnessError(path, "keys", f"a combined Wan 2.2 LoRA without transformer_{wanted}.* keys: it holds no "
+                           f"{expert}-noise LoRA, but the job trained that expert")
+    return out
+
+
+def _refuse_non_float(path: Path, tensors: dict) -> None:
+    """ai-toolkit saves LoRAs in ``save.dtype`` (a float type); integer weights would be used as numbers silently."""
+    odd = sorted(k for k, t in tensors.items() if not t.is_floating_point())
+    if odd:
+        raise HarnessError(path, odd[0], f"is {str(tensors[odd[0]].dtype).replace('torch.', '')}"
+                           f"{f' (+{len(odd) - 1} more non-float tensors)' if len(odd) > 1 else ''}; ai-toolkit saves "
+                           "LoRA weights as float16/bfloat16/float32 (save.dtype), so this is not one of its files "
+                           "(a quantized or converted LoRA); give the file ai-toolkit saved")
+
+
+def read_lora_file(path: Path, expert: str | None = None) -> dict[str, LoraLayer]:
+    """Parse an ai-toolkit LoRA file into layers keyed by diffusers module name, as fp32 (its in-memory dtype).
+
+    ``expert`` ('high'/'low') reads that expert's half of a combined file (see :func:`expert_tensors`)."""
     path = Path(path)
     if path.suffix.lower() in _PICKLE_SUFFIXES:
         raise HarnessError(path, None, "pickle checkpoints are refused (they can execute code); convert it to .safetensors")
@@ -67,6 +103,9 @@ def read_lora_file(path: Path) -> dict[str, LoraLayer]:
             tensors = {k: handle.get_tensor(k) for k in handle.keys()}
     except Exception as exc:  # safetensors raises its own types for truncated or foreign files
         raise HarnessError(path, None, f"not a readable safetensors file ({exc}); is it truncated?") from None
+    if expert is not None:
+        tensors = expert_tensors(path, tensors, expert)
+    _refuse_non_float(path, tensors)
     keys = list(tensors)
     _refuse_unusual_keys(path, keys)
     pairs: dict[str, dict[str, torch.Tensor]] = {}

@@ -54,6 +54,7 @@ CURRENT_AITK = "0.12.26"  # the newest ai-toolkit read for this module (27a03a91
 
 QUANTO_QTYPES = ("qfloat8", "qfloat8_e4m3fn", "qfloat8_e5m2", "qint8", "qint4", "qint2")
 VERIFIED_QTYPES = ("qfloat8", "qfloat8_e4m3fn")  # arithmetic checked bit for bit (tests/test_quant.py)
+VERIFIED_UINTX = "uint4"  # with an ARA: whole previews bit-exact against ai-toolkit 0.12.26 (oracle case_h, 9/9)
 UINTX_BITS = {f"uint{b}": b for b in range(2, 9)}
 UINTX_GROUP = 64
 _TORCHAO_ONLY = ("int8", "float8")  # torchao configs ai-toolkit also accepts; not reproduced
@@ -140,11 +141,24 @@ def parse_version(version: str | None) -> tuple[int, ...] | None:
     return tuple(int(g) if g is not None else 0 for g in match.groups())
 
 
-def quantization_plan(model_block: dict, aitk_version: str | None, ara_path: str | Path | None = None) -> QuantPlan | None:
+def ara_source(model_block: dict) -> str | None:
+    """The accuracy recovery adapter a ``qtype: "<qtype>|<ara>"`` names (None without one)."""
+    parts = str((model_block or {}).get("qtype") or "").split("|")
+    return parts[1].strip() if len(parts) == 2 and parts[1].strip() else None
+
+
+def _is_hub_file(source: str) -> bool:
+    """ai-toolkit's hub form ``user/repo/file.safetensors`` (not a path it found on its disk)."""
+    return not source.startswith(("/", ".", "~")) and len(source.split("/")) == 3
+
+
+def quantization_plan(model_block: dict, aitk_version: str | None, ara_path: str | Path | None = None,
+                      ara_note: str | None = None) -> QuantPlan | None:
     """Decide what ai-toolkit quantized for a job (None: nothing, the bf16 renderer is already the right model).
 
     ``model_block`` is the job's ``model`` mapping (``harness.aitk.job`` fills the defaults); ``aitk_version`` comes from
-    the LoRA metadata (``lora_software_version``); ``ara_path`` is a local copy of the ARA the job names (``--ara``).
+    the LoRA metadata (``lora_software_version``); ``ara_path`` is the ARA the job names, found on this machine
+    (``harness.paths.resolve_ara``; ``ara_note`` says how).
     Raises HarnessError for what cannot be reproduced (layer offloading with quantization, torchao int8/float8, other
     backends, a missing ARA file).
     """
@@ -186,10 +200,11 @@ def quantization_plan(model_block: dict, aitk_version: str | None, ara_path: str
     if qtype in QUANTO_QTYPES and qtype not in VERIFIED_QTYPES:
         approximate.append(f"{qtype}: run through optimum-quanto like ai-toolkit, but only qfloat8's arithmetic was "
                            "verified (int weights take device-specific kernels in quanto)")
-    elif qtype in UINTX_BITS and qtype != "uint8":
-        approximate.append(f"{qtype}: plain-torch re-implementation of torchao 0.10 UIntXWeightOnlyConfig "
-                           f"(asymmetric, group {UINTX_GROUP}; weights and linear outputs matched torchao 0.10.0 "
-                           "bit for bit on CPU); no ai-toolkit render exists to verify a whole preview")
+    elif qtype in UINTX_BITS and qtype != "uint8" and (qtype != VERIFIED_UINTX or not ara_source or not quantize):
+        approximate.append(f"{qtype}{'' if ara_source and quantize else ' without an ARA'}: plain-torch "
+                           f"re-implementation of torchao 0.10 UIntXWeightOnlyConfig (asymmetric, group {UINTX_GROUP}; "
+                           "matched torchao 0.10.0 bit for bit on CPU); whole previews were verified against ai-toolkit "
+                           f"for {VERIFIED_UINTX} with an ARA only (oracle case_h)")
     if qtype == "uint8":
         notes.append("qtype uint8 never quantized anything in ai-toolkit (torchao 0.10 raised, caught); weights stay bf16")
 
@@ -200,8 +215,11 @@ def quantization_plan(model_block: dict, aitk_version: str | None, ara_path: str
             raise HarnessError(ara_path or None, "model.qtype",
                                f"the job uses the accuracy recovery adapter {ara_source!r}; it is not a local file here. "
                                "Download it (e.g. from the Hugging Face hub) and pass its path with --ara PATH")
-        approximate.append("accuracy recovery adapter applied as an always-on bf16 LoRA as ai-toolkit does; its module "
-                           "coverage and key format come from the file, no ai-toolkit ARA render exists to verify it")
+        if _is_hub_file(ara_source):
+            approximate.append(f"the ARA is the hub file {ara_source!r}: applied as an always-on bf16 LoRA like the "
+                               "synthetic ARA verified against ai-toolkit (oracle case_h), but this file's key format "
+                               "and module coverage were never checked against an ai-toolkit render")
+        notes.append(ara_note or f"ARA {local_ara}")
         local_ara = str(local_ara.resolve())
     elif ara_source and not quantize:
         notes.append(f"the ARA {ara_source!r} is only used when model.quantize is on; ignored")

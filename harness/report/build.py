@@ -24,11 +24,20 @@ class ReportOutcome:
     regression_count: int = 0
     missing_count: int = 0
     merged_path: Path | None = None
+    regressions_only: bool = False  # `--regressions-only`: standing failures do not fail the command
+
+    @property
+    def failing_count(self) -> int:
+        return sum(1 for r in self.document.get("results") or [] if r.get("status") in ("fail", "error"))
 
     @property
     def exit_code(self) -> int:
-        """0 no regression against the baseline (or no baseline given), 1 regressions. Bad input raises."""
-        return 1 if self.regression_count else 0
+        """1 regressions against the baseline, or failing/error results (not with ``regressions_only``); 3 no
+        result was compared (every one unreproducible, or none); else 0. Bad input raises (exit 2)."""
+        if self.regression_count or (self.failing_count and not self.regressions_only):
+            return 1
+        compared = any(r.get("status") in ("pass", "fail") for r in self.document.get("results") or [])
+        return 0 if compared else 3
 
 
 def _with_baseline(merged: dict, baseline, psnr_drop_db: float) -> dict:

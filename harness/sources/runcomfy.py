@@ -32,7 +32,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 import os
 import re
 import tempfile
@@ -41,6 +40,7 @@ from typing import Any, Iterable
 
 from harness.aitk.samples import UNREPRODUCIBLE
 from harness.errors import HarnessError
+from harness.limits import SEED_MAX, parse_json
 from harness.paths import PathMap
 from harness.spec import LoraPair, PreviewJob, SampleSpec
 
@@ -52,7 +52,7 @@ DEFAULTS = {"width": 1024, "height": 1024, "sample_steps": 25, "guidance_scale":
             "fps": 16, "neg": "", "seed": 42}
 # (min, max) as runcomfy's request schema enforces them; None = unbounded.
 INT_RANGES = {"width": (64, 4096), "height": (64, 4096), "sample_steps": (1, 150), "num_frames": (1, 1000),
-              "fps": (1, 120), "seed": (-1, None)}
+              "fps": (1, 120), "seed": (-1, SEED_MAX)}
 FLOAT_RANGES = {"guidance_scale": (0.0, 20.0), "network_multiplier": (-2.0, 2.0)}
 SETTINGS = ("width", "height", "num_frames", "fps", "seed", "sample_steps", "guidance_scale", "neg")
 PROMPT_KEYS = ("prompt", "trigger_word", "ctrl_img", "golden", "sampler", "resolution") + SETTINGS
@@ -81,8 +81,8 @@ def is_runcomfy_request(path: str | Path) -> bool:
     if p.suffix.lower() != ".json" or not p.is_file():
         return False
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError, OSError):
+        data = parse_json(p.read_text(encoding="utf-8"), p)
+    except (HarnessError, UnicodeDecodeError, OSError):
         return False
     return isinstance(data, dict) and "model" in data and isinstance(data.get("prompts"), list)
 
@@ -94,9 +94,7 @@ def load_request(path: str | Path, *, path_map: PathMap | Iterable[str] | None =
     if not path.is_file():
         raise HarnessError(path, None, "request file not found")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise HarnessError(path, f"line {exc.lineno} column {exc.colno}", f"JSON does not parse: {exc.msg}") from None
+        data = parse_json(path.read_text(encoding="utf-8"), path)
     except UnicodeDecodeError:
         raise HarnessError(path, None, "not a text file; give the request JSON") from None
     return parse_request(data, file=path, base_dir=path.parent, path_map=path_map, cache_dir=cache_dir,
@@ -186,7 +184,7 @@ def _bounded(ctx: _Context, value: Any, field: str, bounds: tuple, whole: bool) 
     """A number within the service's limits (bools rejected: JSON true is not 1 here)."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     if whole:
-        ok = ok and (isinstance(value, int) or float(value).is_integer())
+        ok = ok and (isinstance(value, int) or value.is_integer())
     if not ok:
         ctx.fail(field, f"must be {'a whole number' if whole else 'a number'}, got {value!r}")
     lo, hi = bounds
