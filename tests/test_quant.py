@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 
 from harness.errors import HarnessError
 from harness.render import quant
+from harness.render.ara import read_ara
 from harness.render.quant import (EXCLUDE_PATTERNS, linear_qtypes, quantization_plan,
                                   uintx_codes, uintx_dequantize, uintx_qparams, uintx_quantize_)
 
@@ -290,7 +291,7 @@ def test_ara_refuses_keys_without_expert_prefix(tmp_path):
     path = tmp_path / "ara.safetensors"
     save_file({"diffusion_model.blocks.0.ffn.2.lora_A.weight": torch.zeros(2, 64)}, str(path))
     with pytest.raises(HarnessError, match="transformer_1/transformer_2"):
-        quant.read_ara(path)
+        read_ara(path)
 
 
 # ------------------------------------------------------------------------------------------- full renders
