@@ -3,7 +3,8 @@
 The prompts come from flags, a prompts file or a runcomfy-style request (:mod:`harness.generate` makes them
 golden-less targets); :func:`render_one` renders one with the engine and writes an animated WebP with ai-toolkit's
 encoder settings (``media.write_like_aitk``), plus an MP4 and lossless frames on request. ``wan-parity serve`` renders
-through the same function, so a served request and ``render`` of the same request give the same bytes.
+through the same function, so a served request and ``render`` of the same request give the same bytes. (Not named
+``render_*``: ``harness.render`` is the renderer package, which must not reach into the runner.)
 """
 
 from __future__ import annotations
@@ -49,8 +50,9 @@ def add_render_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--multiplier-high", type=float, metavar="M", help="the high-noise expert's multiplier")
     parser.add_argument("--multiplier-low", type=float, metavar="M", help="the low-noise expert's multiplier")
     parser.add_argument("--trigger-word", metavar="WORD", help="replaces [trigger] (default: --like's)")
-    for flag, _key, kind, text in SETTING_FLAGS:
-        parser.add_argument(flag, type=kind, help=text)
+    for flag, key, kind, text in SETTING_FLAGS:
+        metavar = "PATH" if key == "ctrl_img" else {int: "N", float: "X", str: "TEXT"}[kind]
+        parser.add_argument(flag, type=kind, help=text, metavar=metavar)
     parser.add_argument("--mp4", action="store_true", help="also write an H.264 .mp4 beside each WebP")
 
 
@@ -64,7 +66,7 @@ def render_targets(args) -> tuple[object, list]:
     from .stack import load_stack
     from .targets import with_golden_stack
 
-    options = resolve("render", vars(args), save_frames=args.save_frames).options
+    options = resolve("render", vars(args)).options
     source = args.source
     if source is not None and not source.is_file():
         raise HarnessError(source, None, "not found; give a prompts file or a request JSON")
@@ -88,8 +90,7 @@ def basis_of(args, file: Path | None = None):
         return like_job(args.like, args.like_sample, args.lora_step)
     if getattr(args, "lora_step", None) is not None:
         raise HarnessError(None, "--lora-step", "needs --like JOB_DIR (without it, give --lora-high/--lora-low)")
-    return stand_in(getattr(args, "lora_high", None), getattr(args, "lora_low", None), args.trigger_word,
-                    file or COMMAND_LINE)
+    return stand_in(getattr(args, "lora_high", None), getattr(args, "lora_low", None), file=file or COMMAND_LINE)
 
 
 def _prompts(args, options, source: Path | None) -> list:
@@ -100,7 +101,7 @@ def _prompts(args, options, source: Path | None) -> list:
     if not items:
         raise HarnessError(None, "--prompt", "nothing to render; give --prompt TEXT, a prompts file or a request")
     basis = basis_of(args, source)
-    if args.trigger_word:
+    if args.trigger_word:  # beats the --like job's
         basis.job.trigger_word = args.trigger_word
     settings = {key: getattr(args, flag[2:].replace("-", "_")) for flag, key, _, _ in SETTING_FLAGS}
     if settings["ctrl_img"]:

@@ -39,7 +39,7 @@ def server_basis(args):
     from ..generate import like_job, stand_in
     from ..stack import load_stack
 
-    basis = like_job(args.like) if args.like is not None else stand_in()
+    basis = like_job(args.like, step=0) if args.like is not None else stand_in()  # requests name their LoRAs
     if basis.golden_stack is None and args.golden_stack:
         basis.golden_stack = load_stack(args.golden_stack)
     return basis
@@ -102,7 +102,7 @@ def serve_main(args, basis) -> int:
     from ..generate_cmd import check_base_model
 
     check_host(args.host, args.token)
-    options = resolve("serve", vars(args), save_frames=args.save_frames).options
+    options = resolve("serve", vars(args)).options
     check_base_model([basis], options)  # the basis names the model like a target does
     for root in args.allow_root:
         if not root.is_dir():
