@@ -289,14 +289,14 @@ class Engine:
 
             torch.set_num_threads(target.threads)
         device = self.device_for(target)
-        bundle, notes = self._bundle(target, settings, device)
         sample = settings.sample
         ctrl, ctrl_note = self.control_image_path(target, sample)
-        notes += [settings.profile_why] + ([ctrl_note] if ctrl_note else [])
-        try:
+        try:  # before any model loads: a broken control image costs nothing
             image = load_control_image(ctrl, sample.width, sample.height, resize=settings.resize)
         except (OSError, ValueError) as exc:
             raise HarnessError(ctrl, f"sample.samples[{sample.index}].ctrl_img", f"not a readable image ({exc})") from None
+        bundle, notes = self._bundle(target, settings, device)
+        notes += [settings.profile_why] + ([ctrl_note] if ctrl_note else [])
         paths, layers = self.lora_layers(target) if settings.use_lora else ({}, {})
         with lora_mod.applied(paths, layers, bundle.experts, settings.multiplier, merged=settings.merged,
                               compute_device=bundle.device):

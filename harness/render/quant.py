@@ -26,13 +26,14 @@ between CPU and CUDA in the last bits, as for bf16.
 
 * qfloat8: ``scale = bf16(amax(|W|, row) / 448)``; ``data = clamp(bf16(W / scale), ±448).to(float8_e4m3fn)``;
   forward ``y = matmul(x, (scale * data.to(bf16)).T)`` then ``y + bias`` as a separate bf16 add.
-* uintX (plain torch here, the same op sequence as torchao 0.10, group 64 along ``in_features``, all in the weight
+* uintX (plain torch in :mod:`.uintx`, the op sequence of torchao 0.10, group 64 along ``in_features``, in the weight
   dtype): ``lo = min(min(g), 0)``, ``hi = max(max(g), 0)``, ``scale = clamp((hi - lo) / (2**b - 1), min=fp32 eps)``,
   ``zp = clamp(0 - round(lo / scale), 0, 2**b - 1)`` as int32, ``q = clamp(round(W * (1 / scale)) + zp, 0, 2**b - 1)``,
   ``W' = (q - zp).to(bf16) * scale``; forward ``F.linear(x, W', bias)`` (torchao's dequantize-then-linear
   fallback). The weight is stored dequantized: the forward is the same, only the memory saving is lost.
   Checked once against torchao 0.10.0 itself (CPU, scratch install, uint2/3/4, several shapes): weights and linear
-  outputs bit-identical; uint8 and a non-multiple-of-64 ``in_features`` raised in torchao, as assumed.
+  outputs bit-identical; uint8 and a non-multiple-of-64 ``in_features`` raised in torchao, as assumed. The codes are
+  the same on CPU and CUDA (H200), and uint4 with an ARA reproduces ai-toolkit 0.12.26's previews (oracle case_h).
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ from pathlib import Path
 import torch
 
 from ..errors import HarnessError
+from ..paths import is_hub_file
+from .uintx import QTYPE_ATTR, UINTX_GROUP, uintx_codes, uintx_dequantize, uintx_qparams, uintx_quantize_  # noqa: F401
 
 BF16 = torch.bfloat16
 
@@ -56,11 +59,8 @@ QUANTO_QTYPES = ("qfloat8", "qfloat8_e4m3fn", "qfloat8_e5m2", "qint8", "qint4", 
 VERIFIED_QTYPES = ("qfloat8", "qfloat8_e4m3fn")  # arithmetic checked bit for bit (tests/test_quant.py)
 VERIFIED_UINTX = "uint4"  # with an ARA: whole previews bit-exact against ai-toolkit 0.12.26 (oracle case_h, 9/9)
 UINTX_BITS = {f"uint{b}": b for b in range(2, 9)}
-UINTX_GROUP = 64
 _TORCHAO_ONLY = ("int8", "float8")  # torchao configs ai-toolkit also accepts; not reproduced
 
-_F32_EPS = torch.finfo(torch.float32).eps
-_QTYPE_ATTR = "_aitk_qtype"  # set on linears quantized by the plain-torch uintX path
 
 
 # ------------------------------------------------------------------------------------------------ the plan
@@ -147,11 +147,6 @@ def ara_source(model_block: dict) -> str | None:
     return parts[1].strip() if len(parts) == 2 and parts[1].strip() else None
 
 
-def _is_hub_file(source: str) -> bool:
-    """ai-toolkit's hub form ``user/repo/file.safetensors`` (not a path it found on its disk)."""
-    return not source.startswith(("/", ".", "~")) and len(source.split("/")) == 3
-
-
 def quantization_plan(model_block: dict, aitk_version: str | None, ara_path: str | Path | None = None,
                       ara_note: str | None = None) -> QuantPlan | None:
     """Decide what ai-toolkit quantized for a job (None: nothing, the bf16 renderer is already the right model).
@@ -215,7 +210,7 @@ def quantization_plan(model_block: dict, aitk_version: str | None, ara_path: str
             raise HarnessError(ara_path or None, "model.qtype",
                                f"the job uses the accuracy recovery adapter {ara_source!r}; it is not a local file here. "
                                "Download it (e.g. from the Hugging Face hub) and pass its path with --ara PATH")
-        if _is_hub_file(ara_source):
+        if is_hub_file(ara_source):
             approximate.append(f"the ARA is the hub file {ara_source!r}: applied as an always-on bf16 LoRA like the "
                                "synthetic ARA verified against ai-toolkit (oracle case_h), but this file's key format "
                                "and module coverage were never checked against an ai-toolkit render")
@@ -223,6 +218,9 @@ def quantization_plan(model_block: dict, aitk_version: str | None, ara_path: str
         local_ara = str(local_ara.resolve())
     elif ara_source and not quantize:
         notes.append(f"the ARA {ara_source!r} is only used when model.quantize is on; ignored")
+    if quantize and ara_source and model.get("low_vram"):
+        notes.append("low_vram: ai-toolkit quantized the ARA's linears on the CPU; uintX codes, scales and zero points "
+                     "are bit-identical on CPU and CUDA (measured, H200), so this changes no weight")
     if quantize_te:
         notes.append(f"text encoder quantized with model.qtype ({qtype}), not qtype_te "
                      f"({model.get('qtype_te', 'qfloat8')}), as ai-toolkit does")
@@ -261,7 +259,7 @@ def _set_module(root: torch.nn.Module, name: str, module: torch.nn.Module) -> No
 
 def is_quantized(module: torch.nn.Module) -> bool:
     _, QModuleMixin, _ = _quanto()
-    return isinstance(module, QModuleMixin) or getattr(module, _QTYPE_ATTR, None) is not None
+    return isinstance(module, QModuleMixin) or getattr(module, QTYPE_ATTR, None) is not None
 
 
 def module_qtype(module: torch.nn.Module) -> str:
@@ -269,7 +267,7 @@ def module_qtype(module: torch.nn.Module) -> str:
     _, QModuleMixin, _ = _quanto()
     if isinstance(module, QModuleMixin) and module.weight_qtype is not None:
         return module.weight_qtype.name
-    tagged = getattr(module, _QTYPE_ATTR, None)
+    tagged = getattr(module, QTYPE_ATTR, None)
     if tagged:
         return tagged
     return str(module.weight.dtype).replace("torch.", "").replace("bfloat16", "bf16")
@@ -324,55 +322,6 @@ def quantize_transformer(model: torch.nn.Module, qtype: str, exclude=()) -> None
 def quantize_text_encoder(model: torch.nn.Module, qtype: str) -> None:
     """``quantize(text_encoder, weights=model.qtype)`` + ``freeze``: every linear of the UMT5 encoder."""
     _quantize_tree(model, qtype)
-
-
-# ---------------------------------------------------------------------------------------- uintX (torchao 0.10)
-
-
-def uintx_qparams(weight: torch.Tensor, bits: int, group: int = UINTX_GROUP):
-    """Per-group (scale, zero_point) of torchao 0.10's asymmetric ``choose_qparams_affine`` in the weight dtype."""
-    out_f, in_f = weight.shape
-    qmin, qmax = 0, (1 << bits) - 1
-    grouped = weight.reshape(out_f, in_f // group, group)
-    min_val = torch.amin(grouped, dim=-1)
-    max_val = torch.amax(grouped, dim=-1)
-    min_neg = torch.min(min_val, torch.zeros_like(min_val))
-    max_pos = torch.max(max_val, torch.zeros_like(max_val))
-    scale = (max_pos - min_neg) / float(qmax - qmin)
-    scale = torch.clamp(scale, min=_F32_EPS)
-    zero_point = qmin - torch.round(min_neg / scale)
-    zero_point = torch.clamp(zero_point, qmin, qmax).to(torch.int32)
-    return scale, zero_point
-
-
-def uintx_codes(weight: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, bits: int,
-                group: int = UINTX_GROUP) -> torch.Tensor:
-    """torchao 0.10 ``quantize_affine`` (INT zero-point domain): ``clamp(round(W * (1/scale)) + zp)`` as uint8 codes."""
-    out_f, in_f = weight.shape
-    grouped = weight.reshape(out_f, in_f // group, group)
-    q = torch.round(grouped * (1.0 / scale.unsqueeze(-1))) + zero_point.unsqueeze(-1)
-    return torch.clamp(q, 0, (1 << bits) - 1).to(torch.uint8).reshape(out_f, in_f)
-
-
-def uintx_dequantize(codes: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, dtype,
-                     group: int = UINTX_GROUP) -> torch.Tensor:
-    """torchao 0.10 ``dequantize_affine``: ``(q.int32 - zp.int32).to(dtype) * scale``."""
-    out_f, in_f = codes.shape
-    q = codes.reshape(out_f, in_f // group, group).to(torch.int32) - zero_point.to(torch.int32).unsqueeze(-1)
-    return (q.to(dtype) * scale.unsqueeze(-1)).reshape(out_f, in_f)
-
-
-def uintx_quantize_(linear: torch.nn.Linear, bits: int, group: int = UINTX_GROUP) -> bool:
-    """Replace the weight by its uintX round trip; False (left as is) when ``in_features`` is not a multiple of
-    ``group``, where torchao raised and ai-toolkit caught the error."""
-    weight = linear.weight.data
-    if bits >= 8 or weight.ndim != 2 or weight.shape[1] % group != 0:  # torchao 0.10 packs 1..7 bits only
-        return False
-    scale, zero_point = uintx_qparams(weight, bits, group)
-    codes = uintx_codes(weight, scale, zero_point, bits, group)
-    linear.weight.data = uintx_dequantize(codes, scale, zero_point, weight.dtype, group)
-    setattr(linear, _QTYPE_ATTR, f"uint{bits}")
-    return True
 
 
 # ------------------------------------------------------------------------------------- accuracy recovery adapter
