@@ -954,3 +954,54 @@ def test_resume_reuses_only_results_made_with_the_same_settings(job, tmp_path, c
     os.utime(job.dir / HIGH_250, ns=(1, 1))  # the step-250 LoRA file changed
     rc, err, doc = run_cli(capsys, job.dir, out, "--resume", "--profile", "aitk-unipc")
     assert {r["step"] for r in doc["results"] if not r["resumed"]} == {250}
+
+
+# ---------------------------------------------------------------------------------------------------- exit codes that cannot lie
+
+
+def test_plugin_session_that_compared_nothing_exits_5(job, pytester):
+    _seed_all_minus_one(job)
+    case = pytester.path / "all_unreproducible.yaml"
+    case.write_text(yaml.safe_dump({"schema": "wan-parity/case@1", "name": "demo", "golden_dir": str(job.dir)}))
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--parity-device", "cpu", str(case))
+    result.assert_outcomes(skipped=6)
+    assert result.ret == pytest.ExitCode.NO_TESTS_COLLECTED
+    result.stdout.fnmatch_lines(["*wan-parity: nothing was compared: all 6 parity items skipped*"])
+    pytester.makepyfile(test_other="def test_ok():\n    pass\n")  # a session that also tested something else
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--parity-device", "cpu", str(case), "test_other.py")
+    assert result.ret == pytest.ExitCode.OK
+
+
+def _results_file(tmp_path: Path, statuses: list) -> Path:
+    path = tmp_path / f"results_{len(list(tmp_path.glob('results_*')))}.json"
+    path.write_text(json.dumps({"schema_version": 2, "environment": {}, "results": [
+        {"key": f"c::{i}::0", "case": "c", "step": i, "index": 0, "status": s} for i, s in enumerate(statuses)]}))
+    return path
+
+
+@pytest.mark.parametrize("statuses, flags, code", [
+    (["pass", "fail"], [], 1),  # failures in the documents fail the report ...
+    (["pass", "fail"], ["--regressions-only"], 0),  # ... unless only regressions should
+    (["pass", "error"], [], 1),
+    (["unreproducible", "unreproducible"], [], 3),  # nothing was compared
+    (["pass", "unreproducible"], [], 0),
+])
+def test_report_exit_codes(tmp_path, capsys, statuses, flags, code):
+    assert main(["report", str(_results_file(tmp_path, statuses)), "--out", str(tmp_path / "r"), *flags]) == code
+
+
+def test_report_rejects_an_unknown_status(tmp_path, capsys):
+    results = _results_file(tmp_path, ["pass", "passed"])
+    assert main(["report", str(results), "--out", str(tmp_path / "r")]) == 2
+    assert capsys.readouterr().err.strip() == (f"error: {results}: results[c::1::0].status: 'passed' is not a result "
+                                               "status (pass, fail, error, unreproducible)")
+
+
+def test_diagnose_that_diagnosed_nothing_exits_3(job, tmp_path, capsys):
+    _seed_all_minus_one(job)
+    assert main(["diagnose", str(job.dir), "--out", str(tmp_path / "d"), "--device", "cpu"]) == 3
+
+
+def test_empty_shard_is_not_a_failure_and_says_so(job, tmp_path, capsys):
+    rc = main(["run", str(job.dir), "--steps", "0", "--samples", "0", "--shard", "2/2", "--out", str(tmp_path / "o")])
+    assert rc == 0 and "shard 2/2 holds no previews" in capsys.readouterr().err
