@@ -107,15 +107,16 @@ def set_threads(threads: int | None, device: str) -> int:
     return torch.get_num_threads()
 
 
-def choose_profile(target: PreviewTarget, override: str | None, aitk_version: str | None):
+def choose_profile(target: PreviewTarget, override: str | None, aitk_version: str | None,
+                   rendered_ms: int | None = None):
     """(profile, why): ``override`` (the run's --profile), else the case's; ``auto`` follows the ai-toolkit version
-    in the LoRA metadata (§7.1)."""
+    in the LoRA metadata (§7.1) and, for a version spanning a change, the preview's save time."""
     from .render.profiles import get_profile, profile_for_aitk_version
 
     name = override or target.profile or "auto"
     if name != "auto":
         return get_profile(name), f"profile {name} chosen explicitly"
-    return profile_for_aitk_version(aitk_version)
+    return profile_for_aitk_version(aitk_version, rendered_ms)
 
 
 def torch_device_type(device) -> str:
@@ -201,7 +202,8 @@ class Engine:
     # ------------------------------------------------------------------ what ai-toolkit decided
 
     def aitk_version(self, target: PreviewTarget) -> str | None:
-        """The ai-toolkit version in the preview's LoRA metadata (``software``), read once per file."""
+        """The ai-toolkit version in the preview's LoRA metadata (``software``), read once per file; for a preview
+        without a LoRA of its own (step 0), the version the job's other checkpoints record."""
         from .aitk.outputs import lora_software_version
 
         lora = target.preview.lora
@@ -210,11 +212,16 @@ class Engine:
                 if str(path) not in self._versions:
                     self._versions[str(path)] = lora_software_version(path)
                 return self._versions[str(path)]
-        return None
+        return (target.preview.extra.get("job_aitk_version") or {}).get("version")
 
     def choose_profile(self, target: PreviewTarget):
         """(profile, why) for this target under this run's ``--profile``."""
-        return choose_profile(target, self.options.profile, self.aitk_version(target))
+        profile, why = choose_profile(target, self.options.profile, self.aitk_version(target),
+                                      target.preview.extra.get("time"))
+        evidence = target.preview.extra.get("job_aitk_version")
+        if target.preview.lora is None and evidence and self.profile_is_auto(target):
+            why = why.replace("from the LoRA metadata", f"from the job's checkpoint {evidence['file']}")
+        return profile, why
 
     def profile_is_auto(self, target: PreviewTarget) -> bool:
         return (self.options.profile or target.profile or "auto") == "auto"
@@ -289,14 +296,14 @@ class Engine:
 
             torch.set_num_threads(target.threads)
         device = self.device_for(target)
-        bundle, notes = self._bundle(target, settings, device)
         sample = settings.sample
         ctrl, ctrl_note = self.control_image_path(target, sample)
-        notes += [settings.profile_why] + ([ctrl_note] if ctrl_note else [])
-        try:
+        try:  # before any model loads: a broken control image costs nothing
             image = load_control_image(ctrl, sample.width, sample.height, resize=settings.resize)
         except (OSError, ValueError) as exc:
             raise HarnessError(ctrl, f"sample.samples[{sample.index}].ctrl_img", f"not a readable image ({exc})") from None
+        bundle, notes = self._bundle(target, settings, device)
+        notes += [settings.profile_why] + ([ctrl_note] if ctrl_note else [])
         paths, layers = self.lora_layers(target) if settings.use_lora else ({}, {})
         with lora_mod.applied(paths, layers, bundle.experts, settings.multiplier, merged=settings.merged,
                               compute_device=bundle.device):

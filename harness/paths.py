@@ -128,6 +128,11 @@ def resolve_model(name_or_path: str, path_map: PathMap, base_model_override: str
                                     "give --path-map OLD=NEW or --base-model DIR")
 
 
+def is_hub_file(source: str) -> bool:
+    """ai-toolkit's hub form of an ARA, ``user/repo/file.safetensors`` (anything else is a path on its disk)."""
+    return not source.startswith(("/", ".", "~")) and len(source.split("/")) == 3
+
+
 def resolve_ara(source: str, path_map: PathMap, override: str | Path | None = None, *, file: object = None,
                 field: str = "config.process[0].model.qtype") -> tuple[Path, str | None]:
     """The accuracy recovery adapter a ``qtype: "uint4|<ara>"`` job names, on this machine: ``--ara`` (an override),
@@ -143,7 +148,7 @@ def resolve_ara(source: str, path_map: PathMap, override: str | Path | None = No
     if mapped.is_file():
         return mapped, None if str(mapped) == source else f"ARA {source!r} mapped to {mapped}"
     parts = source.split("/")
-    if not source.startswith(("/", ".")) and 2 <= len(parts) <= 3:  # ai-toolkit: repo = parts[0]/parts[1], file = last
+    if is_hub_file(source):  # ai-toolkit's hf_hub_download(f"{parts[0]}/{parts[1]}", filename=parts[-1])
         snap = cached_snapshot(f"{parts[0]}/{parts[1]}")
         if snap is not None and (snap / parts[-1]).is_file():
             return snap / parts[-1], f"ARA hub file {source!r} resolved from the local Hugging Face cache ({snap})"

@@ -86,7 +86,7 @@ def _best_profile(engine: Engine, target: PreviewTarget, outcome: RenderOutcome,
     if judged.bit_exact or not engine.profile_is_auto(target):
         return outcome, judged, notes
     version = engine.aitk_version(target)
-    for alternative in alternative_profiles(version):
+    for alternative in alternative_profiles(version, target.preview.extra.get("time")):
         other = engine.render(target, replace(outcome.settings, profile=alternative,
                                               profile_why=f"profile {alternative.name}: the other sampler of {version}"))
         other_judged = compare_to_golden(other.frames, golden, judged.thresholds)

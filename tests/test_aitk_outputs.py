@@ -7,6 +7,7 @@ import struct
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from harness.aitk.job import load_job
@@ -210,3 +211,48 @@ def test_lora_dir_separate_from_previews(tmp_path):
     with pytest.raises(HarnessError) as e:
         discover(copy, lora_dir=tmp_path / "gone")
     assert "LoRA folder not found" in str(e.value)
+
+
+def test_step_0_previews_carry_the_version_of_the_jobs_earliest_checkpoint(tmp_path):
+    """A baseline preview has no LoRA of its own; the sampler ai-toolkit used is read from the job's checkpoints."""
+    from harness.demo_model import aitk_metadata, write_aitk_lora
+
+    previews = [f"{1000 + s}__{s:09d}_0.webp" for s in (0, 2, 4)]
+    out = make_output(tmp_path, previews, [])
+    state = {"diffusion_model.blocks.0.self_attn.q.lora_A.weight": torch.zeros(4, 24),
+             "diffusion_model.blocks.0.self_attn.q.lora_B.weight": torch.zeros(24, 4)}
+    for stem, version in (("myjob_000000002", "0.9.3"), ("myjob", "0.9.4")):  # resumed with a newer ai-toolkit
+        for side in ("high", "low"):
+            meta = {**aitk_metadata("myjob"), "software": {"name": "ai-toolkit", "version": version}}
+            write_aitk_lora(out / f"{stem}_{side}_noise.safetensors", state, meta)
+    (out / "myjob_000000003_high_noise.safetensors").mkdir()  # not a file: never opened
+    jobs = by_label(discover(out))
+    assert jobs[(0, 0)].extra["job_aitk_version"] == {"version": "0.9.3",
+                                                      "file": "myjob_000000002_high_noise.safetensors"}
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_combined_checkpoints_are_paired_and_the_jobs_own_format_wins(tmp_path, split):
+    """``split_multistage_loras: false`` saves one ``<name>[_<step>].safetensors`` for both experts (§2.5)."""
+    previews = [f"{1000 + s}__{s:09d}_0.webp" for s in (0, 2, 4, 6)]
+    ckpts = ["myjob_000000002.safetensors", "myjob.safetensors", *both("myjob_000000004"), "myjob_000000004.safetensors",
+             "myjob_LoRA_000000006.safetensors"]
+    out = make_output(tmp_path, previews, ckpts, network={"split_multistage_loras": split},
+                      save={"save_every": 2})
+    jobs = by_label(discover(out))
+    two, four, final = jobs[(2, 0)].lora, jobs[(4, 0)].lora, jobs[(6, 0)].lora
+    assert two.combined and two.high == two.low == out / "myjob_000000002.safetensors"
+    assert four.combined is not split  # both formats exist for step 4: the job's own is used
+    assert four.high == (out / "myjob_000000004_high_noise.safetensors" if split else out / "myjob_000000004.safetensors")
+    # the last step: its numbered save (here with the _LoRA infix of a job that also trains an embedding) comes
+    # before the un-numbered final one
+    assert final.combined and final.high == final.low == out / "myjob_LoRA_000000006.safetensors"
+    assert all(j.unreproducible is None and j.broken is None for j in jobs.values())
+
+
+def test_a_combined_file_of_a_one_stage_job_serves_that_expert(tmp_path):
+    previews = ["1002__000000002_0.webp"]
+    out = make_output(tmp_path, previews, ["myjob_000000002.safetensors"], network={"split_multistage_loras": False},
+                      model_kwargs={"train_high_noise": False, "train_low_noise": True})
+    lora = by_label(discover(out))[(2, 0)].lora
+    assert lora.combined and lora.high is None and lora.low == out / "myjob_000000002.safetensors"

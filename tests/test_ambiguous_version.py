@@ -1,4 +1,6 @@
-"""ai-toolkit 0.9.3 spans the UniPC -> FlowMatch Euler switch (2026-04-16): `auto` tries both and keeps the match."""
+"""ai-toolkit versions that span a change: 0.9.3 the UniPC -> FlowMatch Euler switch (ab1ee4df, 2026-04-16), 0.10.22
+ai-toolkit's own VAE copy -> diffusers' (883d60eb, 2026-07-10). A preview saved before the change gets the older
+profile outright; otherwise `auto` tries both and keeps the match."""
 
 from dataclasses import replace
 from pathlib import Path
@@ -11,13 +13,29 @@ from harness.render.profiles import PROFILES, alternative_profiles, profile_for_
 
 
 @pytest.mark.parametrize("version, alternatives", [("0.9.3", ["aitk-unipc"]), ("0.9.2", []), ("0.9.4", []),
+                                                   ("0.10.22", ["aitk-euler-vae-bf16"]), ("0.10.23", []),
                                                    ("0.12.26", []), (None, [])])
 def test_alternative_profiles(version, alternatives):
     assert [p.name for p in alternative_profiles(version)] == alternatives
 
 
-def test_first_choice_for_0_9_3_is_euler():
-    assert profile_for_aitk_version("0.9.3")[0].name == "aitk-euler"
+def test_first_choice_is_the_newer_build():
+    assert profile_for_aitk_version("0.9.3")[0].name == "aitk-euler-vae-bf16"
+    assert profile_for_aitk_version("0.10.22")[0].name == "aitk-euler"
+
+
+@pytest.mark.parametrize("version, before, after, switch", [
+    ("0.9.3", "aitk-unipc", "aitk-euler-vae-bf16", "2026-04-16T20:53:50+00:00"),
+    ("0.10.22", "aitk-euler-vae-bf16", "aitk-euler", "2026-07-10T14:02:32+00:00"),
+])
+def test_a_preview_saved_before_the_change_settles_it(version, before, after, switch):
+    from datetime import datetime
+
+    at = int(datetime.fromisoformat(switch).timestamp() * 1000)
+    profile, why = profile_for_aitk_version(version, at - 1)
+    assert profile.name == before and "saved before" in why and alternative_profiles(version, at - 1) == []
+    assert profile_for_aitk_version(version, at)[0].name == after  # at or after: either build could have saved it
+    assert [p.name for p in alternative_profiles(version, at)] == [before]
 
 
 @pytest.fixture(scope="module")

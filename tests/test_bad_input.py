@@ -31,6 +31,7 @@ from safetensors.torch import save_file
 
 from harness.cli import main
 from harness.demo import DEMO_CASE
+from harness.errors import HarnessError
 from harness.demo_model import build_tiny_model, make_demo_lora_pair, write_aitk_lora, aitk_metadata
 from harness.media import encode_like_aitk
 from harness.targets import collect
@@ -710,3 +711,297 @@ def test_selfcheck_without_a_reproducible_preview(job, capsys):
     _seed_all_minus_one(job)
     with pytest.raises(HarnessError, match="no reproducible preview"):
         selfcheck_main(job.dir, RunOptions(device="cpu"))
+
+
+# ---------------------------------------------------------------------------------------------------- hostile inputs
+# Each class of the 125 hostile inputs tried through the CLI (issue 19): one line naming file and field, exit 2,
+# nothing replaced or half-written, and nothing loaded before the values are checked.
+
+
+def _nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+HOSTILE_LINE_CASES = {
+    "seed_2_pow_70": (set_item("seed", 2 ** 70), "samples[0].seed", ["torch.manual_seed", "2**64-1"]),
+    "seed_below_int64": (set_block("seed", -(2 ** 63) - 1), "sample.seed", ["torch.manual_seed"]),
+    "seed_flag_2_pow_70": (set_item("prompt", f"a kite --seed {2 ** 70}"), "samples[0].prompt", ["torch.manual_seed"]),
+    "yaml_nested_deep": (raw_config("a: " + _nested(5000) + "\n"), "", ["nested more than"]),
+    "yaml_nested_64_plus": (raw_config("a: " + _nested(80) + "\n"), "", ["nested more than 64"]),
+}
+
+
+@pytest.mark.parametrize("case_id", sorted(HOSTILE_LINE_CASES))
+def test_hostile_config_values_are_one_line(job, tmp_path, capsys, case_id):
+    mutate, field, words = HOSTILE_LINE_CASES[case_id]
+    if mutate(job) != "raw":
+        job.write()
+    rc, err, doc = run_cli(capsys, job.dir, tmp_path / "out")
+    assert_line(rc, err, job.config_file, field, *words)
+    assert doc is None
+
+
+def test_largest_seed_torch_accepts_is_not_refused(job, tmp_path, capsys):
+    set_item("seed", 2 ** 64 - 1)(job)
+    job.write()
+    assert collect(job.dir)[0].preview.sample.seed == 2 ** 64 - 1
+
+
+@pytest.mark.parametrize("fields, field, words", [
+    ({"tolerances": {"psnr_min": float("nan")}}, "tolerances.psnr_min", ["finite"]),
+    ({"tolerances": {"ssim_min": float("inf")}}, "tolerances.ssim_min", ["finite"]),
+    ({"threads": 100000}, "threads", ["CPUs", "100000"]),
+    ({"notes": yaml.safe_load(_nested(100))}, "", ["nested more than 64"]),
+    ({"ctrl_images": {"/workspace/typo/hills.png": "hills.png"}}, "ctrl_images./workspace/typo/hills.png",
+     ["no sample of the config names", "typo"]),
+], ids=["tolerance_nan", "tolerance_inf", "threads_100000", "nested", "ctrl_images_key_typo"])
+def test_hostile_case_values_are_one_line(job, tmp_path, capsys, fields, field, words):
+    case = write_case(tmp_path, job, **fields)
+    rc, err, doc = run_cli(capsys, case, tmp_path / "out")
+    assert_line(rc, err, case, field, *words)
+    assert doc is None
+
+
+def test_ctrl_images_entry_whose_copy_is_missing_is_broken_not_unreproducible(job, tmp_path, capsys):
+    hills = job.sample["samples"][0]["ctrl_img"]
+    (job.dir / "ctrl").mkdir()
+    case = write_case(tmp_path, job, ctrl_images={hills: "hils.png"})  # typo in the copy's name
+    rc, err, doc = run_cli(capsys, case, tmp_path / "out")
+    assert_line(rc, err, case, f"ctrl_images.{hills}", "hils.png", "missing")
+
+
+@pytest.mark.parametrize("text, field", [
+    ('{"model": "wan22_14b_i2v", "prompts": [{"prompt": "a", "guidance_scale": NaN}]}', None),
+    ('{"model": "wan22_14b_i2v", "prompts": [{"prompt": "a", "seed": Infinity}]}', None),
+    ('{"model": "wan22_14b_i2v", "prompts": [], "x": ' + _nested(5000) + "}", None),
+    ('{"model": "wan22_14b_i2v", "loras": [], "prompts": [{"prompt": "a", "seed": 1180591620717411303424}]}',
+     "prompts[0].seed"),
+], ids=["nan", "infinity", "nested", "seed_2_pow_70"])
+def test_hostile_request_json_is_one_line(tmp_path, tiny, capsys, text, field):
+    request = tmp_path / "request.json"
+    request.write_text(text)
+    rc, err, doc = run_cli(capsys, request, tmp_path / "out", "--base-model", str(tiny / "model"))
+    assert rc == 2 and len(err) == 1 and err[0].startswith(f"error: {request}"), err
+    assert field is None or field in err[0], err
+
+
+def test_huge_golden_is_refused_before_decoding(job, tmp_path, capsys):
+    """A 16383x16383 WebP (a crafted header: a real one would be 800 MB decoded) is refused from its header."""
+    import io
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, format="WEBP", lossless=True)
+    data = bytearray(buf.getvalue())
+    at = data.find(b"VP8L") + 9  # after the chunk header and the 0x2f signature: 14 bits width-1, 14 bits height-1
+    size = int.from_bytes(data[at:at + 4], "little") & ~((1 << 28) - 1) | 16382 | (16382 << 14)
+    data[at:at + 4] = size.to_bytes(4, "little")
+    job.golden(0, 0).write_bytes(bytes(data))
+    rc, err, doc = run_cli(capsys, job.dir, tmp_path / "out", "--steps", "0", "--samples", "0")
+    assert_result_error(rc, err, doc, job.golden(0, 0), "size", "too large to decode")  # Pillow's own guard first
+
+
+def test_huge_frame_limit_applies_to_control_images(job, tmp_path, capsys, monkeypatch):
+    from harness import limits
+
+    monkeypatch.setattr(limits, "MAX_FRAME_PIXELS", 100)
+    rc, err, doc = run_cli(capsys, job.dir, tmp_path / "out", "--steps", "0", "--samples", "0")
+    assert_result_error(rc, err, doc, job.golden(0, 0), "size", "limit 100 pixels")  # the golden is checked first
+    monkeypatch.setattr(limits, "MAX_FRAME_PIXELS", 72 * 64)  # the golden passes, the 96x80 control image does not
+    rc, err, doc = run_cli(capsys, job.dir, tmp_path / "out2", "--steps", "0", "--samples", "0")
+    assert_result_error(rc, err, doc, job.tiny / "ctrl" / "hills.png", "ctrl_img", "96x80 pixels", "not decoded")
+
+
+def _lora_as(kind: str, path: Path) -> None:
+    path.unlink()
+    if kind == "folder":
+        path.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(path)
+    else:  # a symlink loop
+        os.symlink(path, path)
+
+
+@pytest.mark.parametrize("kind, words", [("folder", "a folder"), ("fifo", "FIFO"), ("loop", "symlink loop")])
+def test_lora_path_that_is_no_file_is_an_error_not_deleted(job, tmp_path, capsys, kind, words):
+    _lora_as(kind, job.dir / HIGH_250)
+    rc, err, doc = run_cli(capsys, job.dir, tmp_path / "out", "--steps", "250", "--samples", "0")
+    assert_result_error(rc, err, doc, job.dir / HIGH_250, "LoRA for step 250", words, "not a regular file")
+
+
+def test_int8_lora_is_refused_with_the_reason(job, tmp_path, capsys):
+    state = _lora_state(job)
+    key = next(iter(state))
+    state[key] = state[key].to(torch.int8)
+    save_file(state, str(job.dir / HIGH_250))
+    rc, err, doc = run_cli(capsys, job.dir, tmp_path / "out", "--steps", "250", "--samples", "0")
+    assert_result_error(rc, err, doc, job.dir / HIGH_250, key, "int8", "save.dtype")
+
+
+def test_folder_with_config_but_no_samples_says_so(job, tmp_path, capsys):
+    shutil.rmtree(job.dir / "samples")
+    rc, err, doc = run_cli(capsys, job.dir, tmp_path / "out")
+    assert_line(rc, err, job.dir / "samples", "", "no samples/ folder")
+
+
+def test_config_that_is_no_file_says_so(job, tmp_path, capsys):
+    job.config_file.unlink()
+    job.config_file.mkdir()
+    rc, err, doc = run_cli(capsys, job.dir, tmp_path / "out")
+    assert_line(rc, err, job.config_file, "", "is a folder, not a job config file")
+
+
+def test_unreadable_config_says_so(job, tmp_path, capsys, monkeypatch):
+    real = Path.read_text
+
+    def denied(self, *args, **kwargs):
+        if self == job.config_file:
+            raise PermissionError(errno.EACCES, "Permission denied")  # root reads anything: simulate the EACCES
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", denied)
+    rc, err, doc = run_cli(capsys, job.dir, tmp_path / "out")
+    assert_line(rc, err, job.config_file, "", "cannot be read (Permission denied)")
+
+
+# ---------------------------------------------------------------------------------------------------- data safety
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo"])
+def test_json_output_never_replaces_a_non_regular_file(job, tmp_path, capsys, kind):
+    _seed_all_minus_one(job)
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me")
+    target = tmp_path / "results-link.json"
+    os.symlink(precious, target) if kind == "symlink" else os.mkfifo(target)
+    rc, err, doc = run_cli(capsys, job.dir, tmp_path / "out", "--json", str(target))
+    assert_line(rc, err, target, "", "not a regular file", "refusing")
+    assert precious.read_text() == "keep me" and (target.is_symlink() if kind == "symlink" else target.is_fifo())
+    assert doc is None  # refused before anything ran
+
+
+def test_planted_symlink_in_out_is_not_followed(job, tmp_path, capsys):
+    from harness.fsutil import write_json_atomic
+
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me")
+    os.symlink(precious, tmp_path / "results.json")
+    with pytest.raises(HarnessError, match="is a symlink, not a regular file"):
+        write_json_atomic(tmp_path / "results.json", {"a": 1})
+    assert precious.read_text() == "keep me" and (tmp_path / "results.json").is_symlink()
+
+
+def test_import_refuses_a_preview_symlinked_out_of_the_job(job, tmp_path, capsys):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root:x:0:0")
+    link = job.dir / "samples" / "1790000000009__000000000_7.webp"
+    os.symlink(secret, link)
+    rc = main(["import", str(job.dir), "--name", "demo", "--cases-dir", str(tmp_path / "cases"),
+               "--golden-dir", str(tmp_path / "golden")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith(f"error: {link}") and "outside the output folder" in err[0]
+    assert not list((tmp_path / "golden").rglob("*.webp")) and not (tmp_path / "cases" / "demo.yaml").exists()
+
+
+def test_import_with_cases_dir_a_file_leaves_nothing_behind(job, tmp_path, capsys):
+    blocker = tmp_path / "cases"
+    blocker.write_text("")
+    rc = main(["import", str(job.dir), "--name", "demo", "--cases-dir", str(blocker),
+               "--golden-dir", str(tmp_path / "golden")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err == [f"error: {blocker}: --cases-dir: exists and is not a folder; give a folder"]
+    assert not (tmp_path / "golden").exists() or not any((tmp_path / "golden").iterdir())
+
+
+def test_two_cases_of_one_name_are_refused_and_one_given_twice_runs_once(job, tmp_path, capsys):
+    _seed_all_minus_one(job)
+    case = write_case(tmp_path, job)
+    capsys.readouterr()
+    rc = main(["run", str(case), str(case), str(case.parent), "--out", str(tmp_path / "out"), "--no-report"])
+    doc = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert rc == 3 and len(doc["results"]) == 6  # the same file three times: six previews, once each
+    other = tmp_path / "other"
+    shutil.copytree(job.dir, other / "demo", symlinks=True)
+    twin = other / "demo.yaml"
+    twin.write_text(yaml.safe_dump({"schema": "wan-parity/case@1", "name": "demo", "golden_dir": str(other / "demo")}))
+    capsys.readouterr()
+    rc = main(["run", str(case), str(twin), "--out", str(tmp_path / "out2"), "--no-report"])
+    assert_line(rc, capsys.readouterr().err.splitlines(), twin, "name", "would overwrite each other")
+
+
+def test_corrupt_result_under_resume_is_one_line_before_rendering(job, tmp_path, capsys, monkeypatch):
+    import harness.runner as runner
+
+    _seed_all_minus_one(job)
+    out = tmp_path / "out"
+    run_cli(capsys, job.dir, out)
+    victim = sorted((out / "results").rglob("*.json"))[3]
+    victim.write_text('{"key": "demo::250::0", "status": "pass", "encoded": [1, 2')
+    monkeypatch.setattr(runner, "run_one", lambda *a: pytest.fail("rendered before the earlier results were read"))
+    rc, err, doc = run_cli(capsys, job.dir, out, "--resume")
+    assert_line(rc, err, None, "--resume", str(victim), "JSON does not parse", "without --resume")
+
+
+def test_resume_reuses_only_results_made_with_the_same_settings(job, tmp_path, capsys):
+    _seed_all_minus_one(job)
+    out = tmp_path / "out"
+    run_cli(capsys, job.dir, out)
+    rc, err, doc = run_cli(capsys, job.dir, out, "--resume")
+    assert all(r["resumed"] for r in doc["results"])  # same settings: reused
+    rc, err, doc = run_cli(capsys, job.dir, out, "--resume", "--profile", "aitk-unipc")
+    assert not any(r["resumed"] for r in doc["results"])  # another profile: made again, and said why
+    assert all("re-rendered under --resume" in " ".join(r["notes"]) and "profile" in " ".join(r["notes"])
+               for r in doc["results"])
+    os.utime(job.dir / HIGH_250, ns=(1, 1))  # the step-250 LoRA file changed
+    rc, err, doc = run_cli(capsys, job.dir, out, "--resume", "--profile", "aitk-unipc")
+    assert {r["step"] for r in doc["results"] if not r["resumed"]} == {250}
+
+
+# ---------------------------------------------------------------------------------------------------- exit codes that cannot lie
+
+
+def test_plugin_session_that_compared_nothing_exits_5(job, pytester):
+    _seed_all_minus_one(job)
+    case = pytester.path / "all_unreproducible.yaml"
+    case.write_text(yaml.safe_dump({"schema": "wan-parity/case@1", "name": "demo", "golden_dir": str(job.dir)}))
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--parity-device", "cpu", str(case))
+    result.assert_outcomes(skipped=6)
+    assert result.ret == pytest.ExitCode.NO_TESTS_COLLECTED
+    result.stdout.fnmatch_lines(["*wan-parity: nothing was compared: all 6 parity items skipped*"])
+    pytester.makepyfile(test_other="def test_ok():\n    pass\n")  # a session that also tested something else
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--parity-device", "cpu", str(case), "test_other.py")
+    assert result.ret == pytest.ExitCode.OK
+
+
+def _results_file(tmp_path: Path, statuses: list) -> Path:
+    path = tmp_path / f"results_{len(list(tmp_path.glob('results_*')))}.json"
+    path.write_text(json.dumps({"schema_version": 2, "environment": {}, "results": [
+        {"key": f"c::{i}::0", "case": "c", "step": i, "index": 0, "status": s} for i, s in enumerate(statuses)]}))
+    return path
+
+
+@pytest.mark.parametrize("statuses, flags, code", [
+    (["pass", "fail"], [], 1),  # failures in the documents fail the report ...
+    (["pass", "fail"], ["--regressions-only"], 0),  # ... unless only regressions should
+    (["pass", "error"], [], 1),
+    (["unreproducible", "unreproducible"], [], 3),  # nothing was compared
+    (["pass", "unreproducible"], [], 0),
+])
+def test_report_exit_codes(tmp_path, capsys, statuses, flags, code):
+    assert main(["report", str(_results_file(tmp_path, statuses)), "--out", str(tmp_path / "r"), *flags]) == code
+
+
+def test_report_rejects_an_unknown_status(tmp_path, capsys):
+    results = _results_file(tmp_path, ["pass", "passed"])
+    assert main(["report", str(results), "--out", str(tmp_path / "r")]) == 2
+    assert capsys.readouterr().err.strip() == (f"error: {results}: results[c::1::0].status: 'passed' is not a result "
+                                               "status (pass, fail, error, unreproducible)")
+
+
+def test_diagnose_that_diagnosed_nothing_exits_3(job, tmp_path, capsys):
+    _seed_all_minus_one(job)
+    assert main(["diagnose", str(job.dir), "--out", str(tmp_path / "d"), "--device", "cpu"]) == 3
+
+
+def test_empty_shard_is_not_a_failure_and_says_so(job, tmp_path, capsys):
+    rc = main(["run", str(job.dir), "--steps", "0", "--samples", "0", "--shard", "2/2", "--out", str(tmp_path / "o")])
+    assert rc == 0 and "shard 2/2 holds no previews" in capsys.readouterr().err

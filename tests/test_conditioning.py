@@ -214,3 +214,24 @@ def test_load_control_image_converts_modes_to_rgb(tmp_path):
         assert np.array_equal(np.asarray(out), np.asarray(expected)), mode
         tensor = image_to_tensor(out, "cpu")
         assert tensor.shape == (1, 3, 16, 16)
+
+
+def test_vae_norm_bf16_is_ai_toolkits_copy_and_is_undone():
+    """``vae_norm: bf16`` (ai-toolkit's own VAE copy before 0.10.22, §11.4) normalises the bf16 activations directly;
+    diffusers upcasts to fp32 first. The swap lasts one render."""
+    from types import SimpleNamespace
+
+    from diffusers.models.autoencoders.autoencoder_kl_wan import WanRMS_norm
+
+    from harness.render.models import ModelBundle
+
+    torch.manual_seed(0)
+    norm = WanRMS_norm(96, images=False).to(torch.bfloat16)
+    vae = torch.nn.Sequential(norm)
+    x = (torch.randn(1, 96, 2, 8, 8) * 3).to(torch.bfloat16)
+    upcast = vae(x)
+    with ModelBundle.vae_norm(SimpleNamespace(vae=vae), "bf16"):
+        in_bf16 = vae(x)
+    expected = torch.nn.functional.normalize(x, dim=1) * norm.scale * norm.gamma + norm.bias
+    assert torch.equal(in_bf16, expected) and not torch.equal(in_bf16, upcast)
+    assert "forward" not in vars(norm) and torch.equal(vae(x), upcast)

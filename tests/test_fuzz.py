@@ -34,7 +34,9 @@ PER_ROUND = 25
 VALUES = [None, "", "x", "abc --w", "../../../etc/passwd", "/nonexistent", "日本語", "a\nb", "-1", "0", 0, -1, 1, 2,
           7, 1.5, -0.0, float("inf"), float("nan"), 10**12, True, False, [], [1], ["a", None], {}, {"a": 1},
           {"samples": []}, "--s 0", "--frames", "--seed -1", "wan22_14b_i2v", "bf16", "fp32",
-          "Wan-AI/Wan2.2-I2V-A14B-Diffusers", "2024-01-01"]
+          "Wan-AI/Wan2.2-I2V-A14B-Diffusers", "2024-01-01",
+          2 ** 70, -(2 ** 70), 2 ** 64 - 1, "--seed 1180591620717411303424", 100000, -(2 ** 63) - 1,
+          json.loads("[" * 80 + "]" * 80)]  # hostile: beyond torch's seed range, OpenMP, nesting
 YAML_NOISE = list(":-[]{}'\"\t#&*!|>%@`,?\\") + ["\n", "  ", "- ", ": ", "&a ", "*a", "!!python/object:os.system ",
                                                   "\x00", "\ufeff"]
 

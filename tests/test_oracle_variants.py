@@ -114,3 +114,33 @@ def test_combined_file_halves_are_the_split_files(combined_case_a):
         assert split.keys() == half.keys()
         assert all(np.array_equal(split[k].up, half[k].up) and np.array_equal(split[k].down, half[k].down)
                    for k in split)
+
+
+# ------------------------------------------------------------------------------------------------ a UniPC-era job
+
+
+@pytest.mark.parametrize("label", [(0, 2), (2, 1)], ids=["baseline", "trained"])
+def test_unipc_era_job_is_bit_exact_with_its_own_vae_and_sampler(engine, label):
+    """case_l_old_unipc_shared was run with ai-toolkit 0.9.3's own code (0c18b393): UniPC, and its own VAE copy
+    whose RMS norm runs in bf16 (§11.4). ``auto`` takes the version for the untrained baseline from the job's
+    checkpoint, tries 0.9.3's two builds, and keeps the one that renders ai-toolkit's frames exactly."""
+    skip_unless_exact_expected(engine, "cpu", "cpu")
+    target = _by_label(from_output_dir(output_dir("case_l_old_unipc_shared"), PathMap([PATH_MAP])))[label]
+    assert engine.aitk_version(target) == "0.9.3"
+    result = _assert_bit_exact(engine, target)
+    assert result.profile == "aitk-unipc" and result.profile_settings["vae_norm"] == "bf16"
+    if label[0] == 0:
+        assert any("from the job's checkpoint oracle_case_l_old_unipc_shared_000000002" in n for n in result.notes)
+
+
+def test_unipc_era_job_is_not_exact_with_diffusers_vae_norm(engine):
+    """The control: the same sampler with diffusers' fp32 VAE norm misses ai-toolkit 0.9.3's frames."""
+    from dataclasses import replace
+
+    from harness.render.profiles import PROFILES
+
+    skip_unless_exact_expected(engine, "cpu", "cpu")
+    target = _by_label(from_output_dir(output_dir("case_l_old_unipc_shared"), PathMap([PATH_MAP])))[(0, 0)]
+    settings = replace(engine.baseline(target), profile=replace(PROFILES["aitk-unipc"], vae_norm="fp32"))
+    frames = engine.render(target, settings).frames
+    assert (frames != np.load(target.preview.golden_raw)).any()

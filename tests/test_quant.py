@@ -13,7 +13,6 @@ from safetensors.torch import save_file
 
 from harness.errors import HarnessError
 from harness.render import quant
-from harness.render.ara import read_ara
 from harness.render.quant import (EXCLUDE_PATTERNS, linear_qtypes, quantization_plan,
                                   uintx_codes, uintx_dequantize, uintx_qparams, uintx_quantize_)
 
@@ -291,7 +290,7 @@ def test_ara_refuses_keys_without_expert_prefix(tmp_path):
     path = tmp_path / "ara.safetensors"
     save_file({"diffusion_model.blocks.0.ffn.2.lora_A.weight": torch.zeros(2, 64)}, str(path))
     with pytest.raises(HarnessError, match="transformer_1/transformer_2"):
-        read_ara(path)
+        quant.read_ara(path)
 
 
 # ------------------------------------------------------------------------------------------- full renders
@@ -325,3 +324,24 @@ def test_qfloat8_render_with_unmerged_lora_is_deterministic_and_differs_from_bf1
     assert not np.array_equal(first, reference)
     mse = float(((first.astype(np.float64) - reference) ** 2).mean())
     assert 10 * np.log10(255**2 / mse) > 20  # quantization noise, not a broken model
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible")
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_uintx_quantizes_to_the_same_bits_on_cpu_and_cuda(bits):
+    """``low_vram`` makes ai-toolkit quantize the ARA's linears on the CPU instead of the GPU: only harmless if the
+    codes, scales and zero points do not depend on the device (measured on an H200 with Wan/UMT5 shapes too)."""
+    torch.manual_seed(bits)
+    weight = torch.randn(640, 1280) * 0.02
+    weight[::97, ::53] *= 40
+    weight[7, :64] = 0
+    weight = weight.to(torch.bfloat16)
+    on = {}
+    for device in ("cpu", "cuda"):
+        w = weight.to(device)
+        scale, zp = uintx_qparams(w, bits)
+        codes = uintx_codes(w, scale, zp, bits)
+        on[device] = [t.cpu() for t in (scale, zp, codes, uintx_dequantize(codes, scale, zp, torch.bfloat16))]
+    for cpu, cuda in zip(on["cpu"], on["cuda"]):
+        assert torch.equal(_bits(cpu), _bits(cuda))

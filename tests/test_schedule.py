@@ -6,6 +6,7 @@ of them come from running the code under test.
 
 from __future__ import annotations
 
+from dataclasses import replace
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -278,8 +279,11 @@ def test_denoise_without_cfg_runs_one_forward_per_step():
     "version, expected",
     [
         ("0.12.26", "aitk-euler"),
-        ("0.9.3", "aitk-euler"),
-        ("v0.9.3", "aitk-euler"),
+        ("0.10.22", "aitk-euler"),
+        ("0.10.21", "aitk-euler-vae-bf16"),
+        ("0.9.4", "aitk-euler-vae-bf16"),
+        ("0.9.3", "aitk-euler-vae-bf16"),
+        ("v0.9.3", "aitk-euler-vae-bf16"),
         ("0.9.2", "aitk-unipc"),
         ("0.7.25", "aitk-unipc"),
         ("0.7.24", "aitk-unipc-old"),
@@ -307,6 +311,11 @@ def test_profile_without_version_is_default_with_reason(version):
 def test_profile_fields_follow_spec():
     euler, unipc, old = PROFILES["aitk-euler"], PROFILES["aitk-unipc"], PROFILES["aitk-unipc-old"]
     assert (euler.scheduler, euler.shift, euler.boundary) == ("euler", 5.0, 0.875)
+    assert PROFILES["aitk-euler-vae-bf16"] == replace(euler, name="aitk-euler-vae-bf16", vae_norm="bf16",
+                                                      description=PROFILES["aitk-euler-vae-bf16"].description)
+    # ai-toolkit's own VAE copy (before 883d60eb, 0.10.22) normalises in bf16; diffusers' upcasts (§11.4)
+    assert (euler.vae_norm, unipc.vae_norm, old.vae_norm) == ("fp32", "bf16", "bf16")
+    assert PROFILES["runcomfy"].vae_norm == PROFILES["diffusers-stock"].vae_norm == "fp32"
     assert (unipc.scheduler, unipc.shift, unipc.boundary, unipc.unipc_sigmas) == ("unipc", 3.0, 0.875, "new")
     assert (old.scheduler, old.shift, old.boundary, old.unipc_sigmas) == ("unipc", 3.0, 0.875, "old")
     for p in (euler, unipc, old):

@@ -12,7 +12,7 @@ import os
 import re
 import struct
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from harness.aitk.job import P0, AitkJob, load_job
@@ -71,7 +71,27 @@ def discover(output_dir: str | Path, job: AitkJob | None = None, case: str | Non
     for (step, index), renders in sorted(groups.items()):
         for k, found in enumerate(renders):
             jobs.append(_pair(out, loras, job, rounds, found, k, len(renders), case or out.name))
-    return jobs
+    return _with_job_version(jobs, job_aitk_version(loras, job))
+
+
+def job_aitk_version(loras: Path, job: AitkJob) -> dict | None:
+    """The ai-toolkit version the job's earliest checkpoint records, or None: a step-0 preview has no LoRA of its own,
+    so this is the evidence which sampler ai-toolkit used for it (``{"version", "file"}``)."""
+    named = re.compile(rf"^{re.escape(job.name)}(_LoRA)?(_(?P<step>\d{{9}}))?(_high_noise|_low_noise)?\.safetensors$")
+    found = sorted((int(m["step"]) if m["step"] else float("inf"), p.name)
+                   for p in loras.iterdir() if (m := named.match(p.name)) and file_kind(p) is None)
+    for _step, name in found:
+        try:
+            version = lora_software_version(loras / name)
+        except HarnessError:  # a broken checkpoint is reported by the preview that uses it
+            continue
+        if version:
+            return {"version": version, "file": name}
+    return None
+
+
+def _with_job_version(jobs: list[PreviewJob], version: dict | None) -> list[PreviewJob]:
+    return [replace(j, extra={**j.extra, "job_aitk_version": version}) for j in jobs] if version else jobs
 
 
 def _rounds(job: AitkJob) -> dict[str, list[SampleSpec]]:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..limits import MAX_FRAME_PIXELS
+from .. import limits
 
 BF16 = torch.bfloat16
 
@@ -28,9 +28,9 @@ def load_control_image(path, width: int, height: int, resize: str = "stretch") -
         raise ValueError(f"unknown resize mode {resize!r}; choose one of {', '.join(RESIZE_MODES)}")
     try:
         with Image.open(path) as img:
-            if img.width * img.height > MAX_FRAME_PIXELS:
+            if img.width * img.height > limits.MAX_FRAME_PIXELS:
                 raise ValueError(f"{img.width}x{img.height} pixels, more than any control image (limit "
-                                 f"{MAX_FRAME_PIXELS:,}); not decoded")
+                                 f"{limits.MAX_FRAME_PIXELS:,}); not decoded")
             rgb = img.convert("RGB")
     except (SyntaxError, EOFError, Image.DecompressionBombError) as exc:  # Pillow's non-OSError decode failures
         raise OSError(f"cannot decode image: {exc}") from None

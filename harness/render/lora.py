@@ -47,8 +47,9 @@ def diffusers_module_name(file_key: str) -> tuple[str, str] | None:
 def _refuse_unusual_keys(path: Path, keys: list[str]) -> None:
     if any(re.search(r"(^|\.)transformer_[12]\.", k) for k in keys):
         raise HarnessError(path, "keys", "a combined Wan 2.2 LoRA (transformer_1/transformer_2 prefixes, saved with "
-                           "split_multistage_loras: false); split it into _high_noise (transformer_1) and _low_noise "
-                           "(transformer_2) files with the prefix removed")
+                           "split_multistage_loras: false) under a split file's name; give it ai-toolkit's combined "
+                           "name <name>_<step>.safetensors (found by itself) or split it into _high_noise "
+                           "(transformer_1) and _low_noise (transformer_2) files with the prefix removed")
     special = sorted({m.group(0) for k in keys for m in [re.search(r"(lokr_\w+|hada_\w+|dora_scale|\w*magnitude\w*)", k)] if m})
     if special:
         raise HarnessError(path, "keys", f"LoKr/LoHa/DoRA weights ({', '.join(special)}) are not supported; ai-toolkit's "

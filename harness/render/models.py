@@ -14,6 +14,11 @@ from .offload import HOST, OFFLOAD_MODES, BlockStreamer, Parking
 BF16 = torch.bfloat16
 
 
+def _bf16_rms_norm(self, x):
+    """``WanRMS_norm.forward`` of ai-toolkit's own VAE copy (< 0.10.22): normalised in the input's dtype."""
+    return torch.nn.functional.normalize(x, dim=1 if self.channel_first else -1) * self.scale * self.gamma + self.bias
+
+
 @dataclass
 class ModelBundle:
     """Both experts, the VAE, the UMT5 encoder and its tokenizer; ``device`` is where every kernel runs.
@@ -56,6 +61,25 @@ class ModelBundle:
             yield
         finally:
             self._parking.park(self.text_encoder)
+
+    @contextmanager
+    def vae_norm(self, mode: str):
+        """The VAE's RMS norm as the profile's ai-toolkit computed it (§11.4): ``bf16`` for ai-toolkit's own VAE copy
+        (before 0.10.22: ``F.normalize`` on the bf16 activations), ``fp32`` for diffusers' (upcast first)."""
+        if mode == "fp32":
+            yield
+            return
+        if mode != "bf16":
+            raise ValueError(f"unknown VAE norm {mode!r}")
+        norms = [m for m in self.vae.modules() if type(m).__name__ == "WanRMS_norm"]
+        for norm in norms:
+            norm.forward = _bf16_rms_norm.__get__(norm)
+        try:
+            yield
+        finally:
+            for norm in norms:
+                del norm.forward
+
 
     def set_offload(self, mode: str) -> None:
         """Switch memory mode in place (weights move, nothing reloads)."""

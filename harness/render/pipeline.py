@@ -90,8 +90,9 @@ def render_sample(bundle: ModelBundle, sample: SampleSpec, control_image, profil
     shape = latent_shape(sample.num_frames, sample.height, sample.width)
     latents = rng.initial_noise(shape).to(device)
     first_frame = image_to_tensor(control_image, device)
-    condition = encode_condition(bundle.vae, first_frame, shape[2], rng, posterior=profile.posterior)
-
-    latents, trace = denoise(bundle, latents, condition, cond_embeds, uncond_embeds, sample.guidance_scale,
-                             sample.sample_steps, profile, progress)
-    return Render(frames=decode(bundle, latents), trace=trace)
+    with bundle.vae_norm(profile.vae_norm):
+        condition = encode_condition(bundle.vae, first_frame, shape[2], rng, posterior=profile.posterior)
+        latents, trace = denoise(bundle, latents, condition, cond_embeds, uncond_embeds, sample.guidance_scale,
+                                 sample.sample_steps, profile, progress)
+        frames = decode(bundle, latents)
+    return Render(frames=frames, trace=trace)

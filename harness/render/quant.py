@@ -26,13 +26,14 @@ between CPU and CUDA in the last bits, as for bf16.
 
 * qfloat8: ``scale = bf16(amax(|W|, row) / 448)``; ``data = clamp(bf16(W / scale), ±448).to(float8_e4m3fn)``;
   forward ``y = matmul(x, (scale * data.to(bf16)).T)`` then ``y + bias`` as a separate bf16 add.
-* uintX (plain torch here, the same op sequence as torchao 0.10, group 64 along ``in_features``, all in the weight
+* uintX (plain torch in :mod:`.uintx`, the op sequence of torchao 0.10, group 64 along ``in_features``, in the weight
   dtype): ``lo = min(min(g), 0)``, ``hi = max(max(g), 0)``, ``scale = clamp((hi - lo) / (2**b - 1), min=fp32 eps)``,
   ``zp = clamp(0 - round(lo / scale), 0, 2**b - 1)`` as int32, ``q = clamp(round(W * (1 / scale)) + zp, 0, 2**b - 1)``,
   ``W' = (q - zp).to(bf16) * scale``; forward ``F.linear(x, W', bias)`` (torchao's dequantize-then-linear
   fallback). The weight is stored dequantized: the forward is the same, only the memory saving is lost.
   Checked once against torchao 0.10.0 itself (CPU, scratch install, uint2/3/4, several shapes): weights and linear
-  outputs bit-identical; uint8 and a non-multiple-of-64 ``in_features`` raised in torchao, as assumed.
+  outputs bit-identical; uint8 and a non-multiple-of-64 ``in_features`` raised in torchao, as assumed. The codes are
+  the same on CPU and CUDA (H200), and uint4 with an ARA reproduces ai-toolkit 0.12.26's previews (oracle case_h).
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ from pathlib import Path
 import torch
 
 from ..errors import HarnessError
-from .ara import apply_ara, read_ara
+from ..paths import is_hub_file
+from .uintx import QTYPE_ATTR, UINTX_GROUP, uintx_codes, uintx_dequantize, uintx_qparams, uintx_quantize_  # noqa: F401
 
 BF16 = torch.bfloat16
 
@@ -57,11 +59,8 @@ QUANTO_QTYPES = ("qfloat8", "qfloat8_e4m3fn", "qfloat8_e5m2", "qint8", "qint4", 
 VERIFIED_QTYPES = ("qfloat8", "qfloat8_e4m3fn")  # arithmetic checked bit for bit (tests/test_quant.py)
 VERIFIED_UINTX = "uint4"  # with an ARA: whole previews bit-exact against ai-toolkit 0.12.26 (oracle case_h, 9/9)
 UINTX_BITS = {f"uint{b}": b for b in range(2, 9)}
-UINTX_GROUP = 64
 _TORCHAO_ONLY = ("int8", "float8")  # torchao configs ai-toolkit also accepts; not reproduced
 
-_F32_EPS = torch.finfo(torch.float32).eps
-_QTYPE_ATTR = "_aitk_qtype"  # set on linears quantized by the plain-torch uintX path
 
 
 # ------------------------------------------------------------------------------------------------ the plan
@@ -148,11 +147,6 @@ def ara_source(model_block: dict) -> str | None:
     return parts[1].strip() if len(parts) == 2 and parts[1].strip() else None
 
 
-def _is_hub_file(source: str) -> bool:
-    """ai-toolkit's hub form ``user/repo/file.safetensors`` (not a path it found on its disk)."""
-    return not source.startswith(("/", ".", "~")) and len(source.split("/")) == 3
-
-
 def quantization_plan(model_block: dict, aitk_version: str | None, ara_path: str | Path | None = None,
                       ara_note: str | None = None) -> QuantPlan | None:
     """Decide what ai-toolkit quantized for a job (None: nothing, the bf16 renderer is already the right model).
@@ -216,7 +210,7 @@ def quantization_plan(model_block: dict, aitk_version: str | None, ara_path: str
             raise HarnessError(ara_path or None, "model.qtype",
                                f"the job uses the accuracy recovery adapter {ara_source!r}; it is not a local file here. "
                                "Download it (e.g. from the Hugging Face hub) and pass its path with --ara PATH")
-        if _is_hub_file(ara_source):
+        if is_hub_file(ara_source):
             approximate.append(f"the ARA is the hub file {ara_source!r}: applied as an always-on bf16 LoRA like the "
                                "synthetic ARA verified against ai-toolkit (oracle case_h), but this file's key format "
                                "and module coverage were never checked against an ai-toolkit render")
@@ -224,6 +218,9 @@ def quantization_plan(model_block: dict, aitk_version: str | None, ara_path: str
         local_ara = str(local_ara.resolve())
     elif ara_source and not quantize:
         notes.append(f"the ARA {ara_source!r} is only used when model.quantize is on; ignored")
+    if quantize and ara_source and model.get("low_vram"):
+        notes.append("low_vram: ai-toolkit quantized the ARA's linears on the CPU; uintX codes, scales and zero points "
+                     "are bit-identical on CPU and CUDA (measured, H200), so this changes no weight")
     if quantize_te:
         notes.append(f"text encoder quantized with model.qtype ({qtype}), not qtype_te "
                      f"({model.get('qtype_te', 'qfloat8')}), as ai-toolkit does")
@@ -262,7 +259,7 @@ def _set_module(root: torch.nn.Module, name: str, module: torch.nn.Module) -> No
 
 def is_quantized(module: torch.nn.Module) -> bool:
     _, QModuleMixin, _ = _quanto()
-    return isinstance(module, QModuleMixin) or getattr(module, _QTYPE_ATTR, None) is not None
+    return isinstance(module, QModuleMixin) or getattr(module, QTYPE_ATTR, None) is not None
 
 
 def module_qtype(module: torch.nn.Module) -> str:
@@ -270,7 +267,7 @@ def module_qtype(module: torch.nn.Module) -> str:
     _, QModuleMixin, _ = _quanto()
     if isinstance(module, QModuleMixin) and module.weight_qtype is not None:
         return module.weight_qtype.name
-    tagged = getattr(module, _QTYPE_ATTR, None)
+    tagged = getattr(module, QTYPE_ATTR, None)
     if tagged:
         return tagged
     return str(module.weight.dtype).replace("torch.", "").replace("bfloat16", "bf16")
@@ -327,53 +324,90 @@ def quantize_text_encoder(model: torch.nn.Module, qtype: str) -> None:
     _quantize_tree(model, qtype)
 
 
-# ---------------------------------------------------------------------------------------- uintX (torchao 0.10)
+# ------------------------------------------------------------------------------------- accuracy recovery adapter
+
+_ARA_KEY = re.compile(r"^(?:transformer\.|diffusion_model\.)?(transformer_[12])\.(.+)\.(lora_A|lora_B|lora_down|lora_up)"
+                      r"\.weight$")
+_PART = {"q": "to_q", "k": "to_k", "v": "to_v", "o": "to_out.0", "k_img": "add_k_proj", "v_img": "add_v_proj"}
 
 
-def uintx_qparams(weight: torch.Tensor, bits: int, group: int = UINTX_GROUP):
-    """Per-group (scale, zero_point) of torchao 0.10's asymmetric ``choose_qparams_affine`` in the weight dtype."""
-    out_f, in_f = weight.shape
-    qmin, qmax = 0, (1 << bits) - 1
-    grouped = weight.reshape(out_f, in_f // group, group)
-    min_val = torch.amin(grouped, dim=-1)
-    max_val = torch.amax(grouped, dim=-1)
-    min_neg = torch.min(min_val, torch.zeros_like(min_val))
-    max_pos = torch.max(max_val, torch.zeros_like(max_val))
-    scale = (max_pos - min_neg) / float(qmax - qmin)
-    scale = torch.clamp(scale, min=_F32_EPS)
-    zero_point = qmin - torch.round(min_neg / scale)
-    zero_point = torch.clamp(zero_point, qmin, qmax).to(torch.int32)
-    return scale, zero_point
+def _diffusers_name(name: str) -> str:
+    """Original-Wan module names -> diffusers (ai-toolkit converts ARA keys the same way before loading)."""
+    name = name.replace("self_attn", "attn1").replace("cross_attn", "attn2")
+    name = ".".join(_PART.get(part, part) for part in name.split("."))
+    return name.replace("ffn.0", "ffn.net.0.proj").replace("ffn.2", "ffn.net.2")
 
 
-def uintx_codes(weight: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, bits: int,
-                group: int = UINTX_GROUP) -> torch.Tensor:
-    """torchao 0.10 ``quantize_affine`` (INT zero-point domain): ``clamp(round(W * (1/scale)) + zp)`` as uint8 codes."""
-    out_f, in_f = weight.shape
-    grouped = weight.reshape(out_f, in_f // group, group)
-    q = torch.round(grouped * (1.0 / scale.unsqueeze(-1))) + zero_point.unsqueeze(-1)
-    return torch.clamp(q, 0, (1 << bits) - 1).to(torch.uint8).reshape(out_f, in_f)
+def read_ara(path: str | Path) -> dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+    """An ARA file -> ``{'high'|'low': {module: (down [r, in], up [out, r])}}`` in bf16 (ai-toolkit's ARA dtype)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if path.suffix.lower() != ".safetensors":
+        raise HarnessError(path, None, "the accuracy recovery adapter must be a .safetensors file")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+    except Exception as exc:
+        raise HarnessError(path, None, f"not a readable safetensors file ({exc})") from None
+    pairs: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    unmatched = []
+    for key, tensor in tensors.items():
+        if key.endswith(".alpha"):
+            continue  # ai-toolkit forces alpha = rank for transformers: scale 1
+        match = _ARA_KEY.match(key)
+        if not match:
+            unmatched.append(key)
+            continue
+        expert = "high" if match.group(1) == "transformer_1" else "low"
+        role = "down" if match.group(3) in ("lora_A", "lora_down") else "up"
+        pairs.setdefault((expert, _diffusers_name(match.group(2))), {})[role] = tensor.to(BF16)
+    if unmatched:
+        shown = ", ".join(unmatched[:6]) + (f" (+{len(unmatched) - 6} more)" if len(unmatched) > 6 else "")
+        raise HarnessError(path, "keys", f"{len(unmatched)} key(s) are not ARA LoRA keys with a transformer_1/"
+                           f"transformer_2 prefix: {shown}")
+    layers: dict[str, dict] = {"high": {}, "low": {}}
+    for (expert, name), ab in pairs.items():
+        if set(ab) != {"down", "up"}:
+            raise HarnessError(path, name, "has only one of lora_A/lora_B")
+        layers[expert][name] = (ab["down"], ab["up"])
+    return layers
 
 
-def uintx_dequantize(codes: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, dtype,
-                     group: int = UINTX_GROUP) -> torch.Tensor:
-    """torchao 0.10 ``dequantize_affine``: ``(q.int32 - zp.int32).to(dtype) * scale``."""
-    out_f, in_f = codes.shape
-    q = codes.reshape(out_f, in_f // group, group).to(torch.int32) - zero_point.to(torch.int32).unsqueeze(-1)
-    return (q.to(dtype) * scale.unsqueeze(-1)).reshape(out_f, in_f)
+def _ara_hook(down: torch.Tensor, up: torch.Tensor):
+    """ai-toolkit's LoRA forward with bf16 A/B, scale 1, multiplier 1: ``out + B(A(x.bf16))`` (the x1 steps are exact)."""
+    on_device: dict = {}
+
+    def hook(module, inputs, output):
+        x = inputs[0]
+        if x.device not in on_device:
+            on_device[x.device] = (down.to(x.device), up.to(x.device))
+        a, b = on_device[x.device]
+        delta = torch.nn.functional.linear(torch.nn.functional.linear(x.to(a.dtype), a), b)
+        return output + delta.to(output.dtype)
+
+    return hook
 
 
-def uintx_quantize_(linear: torch.nn.Linear, bits: int, group: int = UINTX_GROUP) -> bool:
-    """Replace the weight by its uintX round trip; False (left as is) when ``in_features`` is not a multiple of
-    ``group``, where torchao raised and ai-toolkit caught the error."""
-    weight = linear.weight.data
-    if bits >= 8 or weight.ndim != 2 or weight.shape[1] % group != 0:  # torchao 0.10 packs 1..7 bits only
-        return False
-    scale, zero_point = uintx_qparams(weight, bits, group)
-    codes = uintx_codes(weight, scale, zero_point, bits, group)
-    linear.weight.data = uintx_dequantize(codes, scale, zero_point, weight.dtype, group)
-    setattr(linear, _QTYPE_ATTR, f"uint{bits}")
-    return True
+def apply_ara(model: torch.nn.Module, layers: dict, qtype: str, path: str) -> int:
+    """Attach the ARA (permanent forward hooks) and quantize its targets with ``qtype``; other linears stay bf16."""
+    modules = dict(model.named_modules())
+    missing = sorted(n for n in layers if not isinstance(modules.get(n), torch.nn.Linear))
+    if missing:
+        raise HarnessError(path, "keys", f"{len(missing)} ARA layer(s) match no linear of the model: "
+                           + ", ".join(missing[:6]))
+    for name, (down, up) in layers.items():
+        linear = modules[name]
+        if (up.shape[0], down.shape[1]) != (linear.out_features, linear.in_features) or up.shape[1] != down.shape[0]:
+            raise HarnessError(path, name, f"shape mismatch: B{tuple(up.shape)} @ A{tuple(down.shape)} vs weight "
+                               f"{(linear.out_features, linear.in_features)}")
+    count = 0
+    for name, (down, up) in layers.items():
+        # ai-toolkit wraps first and quantizes the wrapped module after; a hook on the final module (quanto swaps the
+        # object) computes the same thing: quantized base, then + the ARA delta
+        count += _quantize_one(model, name, modules[name], qtype)
+        model.get_submodule(name).register_forward_hook(_ara_hook(down, up))
+    return count
 
 
 # ------------------------------------------------------------------------------------------------ the bundle
@@ -394,8 +428,7 @@ def apply_plan(bundle, plan: QuantPlan | None) -> dict | None:
             if not plan.transformer_qtype:
                 continue
             if ara is not None:
-                apply_ara(model, ara[expert], plan.ara_path,
-                          lambda name, linear, model=model: _quantize_one(model, name, linear, plan.transformer_qtype))
+                apply_ara(model, ara[expert], plan.transformer_qtype, plan.ara_path)
             else:
                 quantize_transformer(model, plan.transformer_qtype, plan.exclude)
         if plan.text_encoder_qtype:
