@@ -79,6 +79,9 @@ class PreviewResult:
     render_path: str | None = None
     frames_path: str | None = None
     resumed: bool = False
+    lora_saved_dtype: str | None = None  # fp32 | bf16 | fp16: how the job saved this step's LoRA (sampling used fp32)
+    lora_override: dict | None = None  # {"high", "low"}: fp32 files used instead of the job's checkpoint
+    merge_history: list | None = None  # [{step, multiplier, lora}]: earlier merged rounds replayed into the base
 
     # ------------------------------------------------------------------ headline numbers (the encoded view)
 

@@ -13,7 +13,9 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.aitk.history import plan_merge_history
 from harness.aitk.job import P0, AitkJob, load_job
+from harness.aitk.overrides import Overrides, pair_for
 from harness.aitk.samples import UNREPRODUCIBLE, expand_samples, merge_decision
 from harness.errors import HarnessError
 from harness.spec import LoraPair, PreviewJob, SampleSpec
@@ -44,11 +46,12 @@ def scan_previews(samples_dir: Path) -> list[FoundPreview]:
 
 
 def discover(output_dir: str | Path, job: AitkJob | None = None, case: str | None = None,
-             lora_dir: str | Path | None = None) -> list[PreviewJob]:
-    """Every preview in the output folder, paired with its effective sample settings and checkpoint.
+             lora_dir: str | Path | None = None, overrides: Overrides | None = None) -> list[PreviewJob]:
+    """Every preview in the output folder, paired with its effective sample settings, checkpoint and merge history.
 
     ``lora_dir`` is where the checkpoints live when they are not next to the previews: a case keeps a
     copy of the previews but only references the (large) LoRA files in the original output folder.
+    ``overrides`` ({step: {side: path}}) are fp32 LoRA files to use in place of a step's checkpoint.
     """
     out = Path(output_dir)
     if not out.is_dir():
@@ -67,8 +70,8 @@ def discover(output_dir: str | Path, job: AitkJob | None = None, case: str | Non
     jobs = []
     for (step, index), renders in sorted(groups.items()):
         for k, found in enumerate(renders):
-            jobs.append(_pair(out, loras, job, rounds, found, k, len(renders), case or out.name))
-    return jobs
+            jobs.append(_pair(out, loras, job, rounds, found, k, len(renders), case or out.name, overrides))
+    return plan_merge_history(jobs, job.train_steps)
 
 
 def _rounds(job: AitkJob) -> dict[str, list[SampleSpec]]:
@@ -90,7 +93,7 @@ def _round_at(job: AitkJob, rounds: dict, step: int, index: int, k: int) -> str:
 
 
 def _pair(out: Path, loras: Path, job: AitkJob, rounds: dict, f: FoundPreview, k: int, n: int,
-          case: str) -> PreviewJob:
+          case: str, overrides: Overrides | None = None) -> PreviewJob:
     """Build one PreviewJob; missing inputs make it unreproducible rather than failing the whole run."""
     round_name = _round_at(job, rounds, f.step, f.index, k)
     specs = rounds[round_name]
@@ -100,6 +103,7 @@ def _pair(out: Path, loras: Path, job: AitkJob, rounds: dict, f: FoundPreview, k
         spec = _placeholder(f.index, f"{round_name} lists only {len(specs)} samples but the file name says index "
                                      f"{f.index}; the config does not match this output folder")
     lora, lora_reason = _lora_for(loras, job, f.step)
+    lora, lora_reason, saved = pair_for(overrides, f.step, lora, lora_reason, expected_sides(job))
     merged, merge_reason = merge_decision(job, specs)
     raw = out / "samples_raw" / (f.path.stem + ".npy")
     return PreviewJob(
@@ -113,7 +117,9 @@ def _pair(out: Path, loras: Path, job: AitkJob, rounds: dict, f: FoundPreview, k
         label_note=_label_note(job, f.step, k, n, round_name),
         unreproducible=_combine(spec.unreproducible, lora_reason),
         golden_raw=raw if raw.is_file() else None,
-        extra={"time": f.time, "round": round_name, "merge_reason": merge_reason},
+        extra={"time": f.time, "round": round_name, "merge_reason": merge_reason, "lora_missing": lora_reason,
+               "merge_multiplier": float(specs[0].network_multiplier) if merged else None},
+        lora_saved=saved,
     )
 
 
@@ -233,3 +239,17 @@ def lora_software_version(path: str | Path) -> str | None:
     if not isinstance(info, dict) or info.get("version") is None:
         return None
     return str(info["version"])
+
+
+SAVED_DTYPES = {"F32": "fp32", "BF16": "bf16", "F16": "fp16", "F64": "fp64"}
+
+
+def lora_saved_dtype(path: str | Path) -> str | None:
+    """The dtype the LoRA's tensors were saved in (``save.dtype``, §8.5): ``fp32``, ``bf16``, ``fp16`` (several
+    joined by ``+``), read from the header; None for a file without tensors. Sampling used fp32 weights."""
+    from safetensors import safe_open
+
+    lora_metadata(path)  # the same one-line errors for a missing, pickled or foreign file
+    with safe_open(str(path), framework="numpy") as handle:
+        found = {handle.get_slice(key).get_dtype() for key in handle.keys()}
+    return "+".join(sorted(SAVED_DTYPES.get(d, d.lower()) for d in found)) or None

@@ -44,7 +44,8 @@ def diagnose_target(engine: Engine, target: PreviewTarget, families=None, force:
     diagnosis = Diagnosis(key=target.key, status="unexplained", found=False, explanation="", target=target,
                           ranked=rank(rows), profile=ctx.base.profile.name,
                           profile_settings=profile_settings(ctx.base.profile), profile_why=ctx.profile_why, swept=swept)
-    explain(diagnosis, baseline, effective_thresholds(target.thresholds, engine.stack_match(target)))
+    explain(diagnosis, baseline, effective_thresholds(target.thresholds, engine.stack_match(target),
+                                                      engine.exact_impossible(target, ctx.base)))
     diagnosis.seconds = time.perf_counter() - started
     return diagnosis
 
