@@ -251,8 +251,11 @@ class Engine:
 
     def exact_impossible(self, target: PreviewTarget, settings: RenderSettings) -> list[str]:
         """Why no stack can reproduce the golden's bits: LoRA files rounded by a bf16/fp16 save, where ai-toolkit
-        sampled (and merged) with the fp32 weights in memory (§8.5)."""
+        sampled (and merged) with the fp32 weights in memory (§8.5). Only for ai-toolkit jobs (a job config's model
+        block): other sources, such as runcomfy, cast the file's LoRA to bf16 themselves."""
         preview, reasons = target.preview, []
+        if not target.model_block:
+            return reasons
         if settings.use_lora and preview.lora is not None:
             dtype, saved = self.lora_dtype(preview.lora), self.lora_dtype(preview.lora_saved or preview.lora)
             if dtype != "fp32":

@@ -191,7 +191,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("lora-override", "fp32 LoRA weights to use instead of step STEP's checkpoint (a dump, or a re-save with "
                             "save.dtype float32; the expert from the name ..._high_noise/_low_noise.safetensors), "
                             "for that preview and the merge history of later ones (repeatable)",
-           parse=overrides.parse_entry, default=(), action="append", metavar="STEP=PATH", field="lora_overrides",
+           parse=overrides.checked_entry, default=(), action="append", metavar="STEP=PATH", field="lora_overrides",
            to_field=overrides.from_entries),
     Option("offload", "memory mode, identical numerics: none (all on GPU), experts (active expert only; 80 GB for "
                       "A14B), sequential (block by block; 24 GB cards)", default="none",

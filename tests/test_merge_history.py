@@ -125,7 +125,7 @@ def test_an_override_stands_in_for_a_deleted_checkpoint(fake_job, tmp_path):
         (fake_job / f"{mj.NAME}_{4:09d}_{side}_noise.safetensors").unlink()
         files[side] = dump / f"x_{side}_noise.safetensors"
         files[side].write_bytes(b"")
-    previews = _by_step(fake_job, lora_overrides=from_entries([(4, s, p) for s, p in files.items()]))
+    previews = _by_step(fake_job, lora_overrides=from_entries([f"4={p}" for p in files.values()]))
     assert all(p.unreproducible is None for p in previews.values())
     assert previews[6].merge_history[1].lora.high == files["high"] and previews[4].lora.low == files["low"]
 
@@ -309,3 +309,29 @@ def test_the_oracles_merged_job_samples_its_trained_round_on_the_pristine_base(o
     targets = from_output_dir(next((folder / "output").iterdir()), PathMap([PATH_MAP]))
     assert {t.preview.step for t in targets} == {0, 2} and all(t.preview.merged for t in targets if t.preview.step)
     assert all(t.preview.merge_history == () and t.preview.unreproducible is None for t in targets)
+
+
+def test_a_case_file_gives_overrides_and_the_command_line_wins(fake_job, tmp_path):
+    from harness.case import load_case
+
+    dump = tmp_path / "dump"
+    dump.mkdir()
+    for name in ("a_high_noise.safetensors", "b_high_noise.safetensors"):
+        (dump / name).write_bytes(b"")
+    case = tmp_path / "case.yaml"
+    body = {"schema": "wan-parity/case@1", "name": "c", "golden_dir": str(fake_job),
+            "lora_overrides": {4: {"high": "dump/a_high_noise.safetensors"}}}
+    case.write_text(yaml.safe_dump(body))
+    jobs = {j.step: j for j in load_case(case).preview_jobs()}
+    assert jobs[4].lora.high == dump / "a_high_noise.safetensors" and jobs[6].merge_history[1].lora.high == jobs[4].lora.high
+    assert jobs[4].lora_saved.high == fake_job / f"{mj.NAME}_{4:09d}_high_noise.safetensors"
+    cli = from_entries([f"4={dump / 'b_high_noise.safetensors'}"])
+    jobs = {j.step: j for j in load_case(case).preview_jobs(lora_overrides=cli)}
+    assert jobs[4].lora.high.name == "b_high_noise.safetensors"
+    for bad, field in (({4: {"high": "dump/gone.safetensors"}}, "lora_overrides.4.high"),
+                       ({4: {"middle": "dump/a_high_noise.safetensors"}}, "lora_overrides.4"),
+                       ({"x": {"high": "dump/a_high_noise.safetensors"}}, "lora_overrides.x")):
+        case.write_text(yaml.safe_dump({**body, "lora_overrides": bad}))
+        with pytest.raises(HarnessError) as info:
+            load_case(case)
+        assert info.value.field == field

@@ -43,10 +43,16 @@ def parse_entry(text: str) -> tuple[int, str, Path]:
     return int(step), side_of(file), file
 
 
+def checked_entry(text: str) -> str:
+    """``STEP=PATH`` checked (the option table keeps the text; :func:`from_entries` reads it)."""
+    parse_entry(text)
+    return text
+
+
 def from_entries(entries) -> Overrides:
-    """Parsed ``STEP=PATH`` entries as {step: {side: path}} (a later entry for the same step and side wins)."""
+    """``STEP=PATH`` entries as {step: {side: path}} (a later entry for the same step and side wins)."""
     out: Overrides = {}
-    for step, side, path in entries:
+    for step, side, path in map(parse_entry, entries):
         out.setdefault(step, {})[side] = path
     return out
 
