@@ -27,6 +27,7 @@ def side_of(path: Path) -> str:
 
 
 def checked_file(path: Path) -> Path:
+    """An override file that can be read (checked when given, not when the render needs it)."""
     if path.suffix.lower() != ".safetensors":
         raise ValueError(f"{path}: only .safetensors LoRA files are read")
     if not path.is_file():

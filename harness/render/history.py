@@ -23,8 +23,8 @@ from .offload import HOST, pinned_copy
 
 @dataclass(frozen=True)
 class Residue:
-    """One weight's difference from its pristine value: the changed flat positions and their values, or (when most
-    elements changed) the whole replayed weight. Kept on the host."""
+    """One weight's difference from its pristine value: the changed flat positions and their values, or (when over a
+    fifth of the elements changed, where that is smaller) the whole replayed weight. Kept on the host."""
 
     index: torch.Tensor | None
     values: torch.Tensor
@@ -48,11 +48,6 @@ class Residue:
             out = pristine.clone()
             out.view(-1)[self.index.to(out.device)] = self.values.to(out.device)
         return pinned_copy(out) if pristine.is_pinned() else out
-
-    @property
-    def nbytes(self) -> int:
-        size = self.values.numel() * self.values.element_size()
-        return size + (0 if self.index is None else self.index.numel() * self.index.element_size())
 
 
 ReplayedBase = dict  # (expert side, module name) -> Residue; absent: the pristine weight
@@ -83,13 +78,13 @@ def replay_round(experts: dict, base: ReplayedBase, layers: dict, multiplier: fl
 
 @contextmanager
 def installed(experts: dict, base: ReplayedBase):
-    """The experts' weights as ``base`` says for the duration; the pristine ones come back bit-exactly."""
+    """The experts' weights as ``base`` says for the duration; the pristine ones come back bit-exactly.
+
+    Each replayed weight is built just before it replaces its pristine one (which goes to the host), so a 14B expert
+    never holds two copies of its weights on the device."""
     modules = {side: dict(experts[side].named_modules()) for side in {side for side, _ in base}}
-    replacements = []
-    for (side, name), residue in base.items():
-        linear = modules[side][name]
-        replacements.append((linear, residue.applied_to(linear.weight.data)))
-    with weights_replaced(replacements):
+    linears = ((modules[side][name], residue) for (side, name), residue in base.items())
+    with weights_replaced((linear, residue.applied_to(linear.weight.data)) for linear, residue in linears):
         yield
 
 
@@ -112,10 +107,11 @@ class HistoryCache:
     def __init__(self, read_lora, size: int = 2):
         self.read_lora = read_lora  # Path -> parsed layers (the engine's LoraCache)
         self.size = size
-        self.rounds_replayed = 0  # counted for the tests and the benchmark: one per round of a job in step order
+        self.rounds_replayed = 0  # the tests check: one per round for a job's previews in step order
         self._entries: "OrderedDict[tuple, ReplayedBase]" = OrderedDict()
 
     def base_for(self, bundle, history: tuple) -> ReplayedBase:
+        """The base ``bundle``'s pristine weights become after ``history`` (``spec.MergeRound``s, in order)."""
         owner = (str(bundle.base_dir), str(bundle.device), bundle.cast_whole_bf16)
         keys = tuple(_round_key(r) for r in history)
         done, base = 0, {}

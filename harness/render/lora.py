@@ -217,9 +217,10 @@ def merge_round(weight: torch.Tensor, layer: LoraLayer, multiplier: float, devic
 
 
 @contextmanager
-def weights_replaced(replacements: list):
+def weights_replaced(replacements):
     """Point each ``(linear, weight)``'s module at that weight for the duration (a replayed merge history), then
-    restore the originals bit-exactly from the parked copies, as :func:`applied` does after a merge."""
+    restore the originals bit-exactly from the parked copies, as :func:`applied` does after a merge. An iterator is
+    consumed one pair at a time, so each weight may be built only when its turn comes."""
     saved = []
     try:
         for linear, weight in replacements:
