@@ -23,6 +23,8 @@ case keeps *copies* of the small things (previews, lossless frames, config, cont
       {device: cpu, torch: 2.14.1, threads: 2, aten_cpu_capability: avx2, onednn_max_isa: AVX2}  # any subset,
                                      # or the path of a stack file (relative to this file)
     device: auto                          # auto|cpu|cuda: where to render (CPU goldens only match CPU renders)
+    lora_overrides:                  # optional; fp32 LoRA files to use instead of a step's checkpoint (the job
+      250: {high: x_high.safetensors, low: x_low.safetensors}   # saved bf16); relative to this file or absolute
     steps: [0, 2]                    # optional; only previews with these step labels
     samples: [0]                     # optional; only these sample indices
     notes: free text                 # optional
@@ -44,6 +46,7 @@ from typing import Any, Iterable
 import yaml
 
 from harness.aitk.outputs import discover
+from harness.aitk.overrides import checked_file, combined
 from harness.aitk.samples import UNREPRODUCIBLE
 from harness.errors import HarnessError
 from harness.fsutil import write_text_atomic
@@ -57,7 +60,7 @@ SCHEMA = "wan-parity/case@1"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 REQUIRED = ("schema", "name", "golden_dir")
 OPTIONAL = ("lora_dir", "ctrl_images", "base_model", "vae", "path_map", "profile", "device", "threads", "tolerances",
-            "golden_stack", "steps", "samples", "notes")
+            "golden_stack", "steps", "samples", "notes", "lora_overrides")
 TOLERANCE_KEYS = ("psnr_min", "ssim_min", "require_bit_exact")
 DEVICES = ("auto", "cpu", "cuda")
 CASE_SUFFIXES = (".yaml", ".yml")
@@ -84,6 +87,7 @@ class Case:
     steps: list[int] | None = None
     samples: list[int] | None = None
     notes: str = ""
+    lora_overrides: dict[int, dict[str, str]] = field(default_factory=dict)  # step -> {side: path as written}
 
     @property
     def base(self) -> Path:
@@ -145,15 +149,19 @@ class Case:
                 raise ValueError(f"{key!r} is not a case key with a default")
         return replace(self, **changes) if changes else self
 
-    def preview_jobs(self, path_map: PathMap | Iterable[str] | None = None) -> list[PreviewJob]:
-        """Discover the golden previews, pair them with the referenced LoRAs and the copied control images."""
+    def preview_jobs(self, path_map: PathMap | Iterable[str] | None = None,
+                     lora_overrides: dict | None = None) -> list[PreviewJob]:
+        """Discover the golden previews, pair them with the referenced LoRAs (``lora_overrides``, the command
+        line's, on top of the case's own) and the copied control images."""
         golden = self.checked_golden_path()
         pmap = self.combined_map(path_map)
         loras = self.lora_path(path_map)
         if not loras.is_dir():
             raise HarnessError(self.path, "lora_dir", f"{loras} does not exist; add a path_map entry (here or "
                                                       "--path-map OLD=NEW) pointing at the folder with the checkpoints")
-        jobs = discover(golden, case=self.name, lora_dir=loras)
+        own = {step: {side: _under(self.base, path) for side, path in sides.items()}
+               for step, sides in self.lora_overrides.items()}
+        jobs = discover(golden, case=self.name, lora_dir=loras, overrides=combined(own, lora_overrides))
         self._check_ctrl_images(golden)
         return [self._finish(j, golden, pmap) for j in jobs if self._wanted(j)]
 
@@ -269,6 +277,7 @@ def load_case(path: str | Path) -> Case:
         steps=v.index_list(data.get("steps"), "steps"),
         samples=v.index_list(data.get("samples"), "samples"),
         notes=v.opt_string(data.get("notes"), "notes") or "",
+        lora_overrides=v.lora_overrides(data.get("lora_overrides")),
     )
 
 
@@ -375,6 +384,24 @@ class _Validator:
                 self.fail("golden_stack", f"{value!r}: {exc.line()}")
         return check_stack(value, self.path)
 
+    def lora_overrides(self, value: Any) -> dict[int, dict[str, str]]:
+        """{step: {high|low: file}}; each file must exist (relative to the case file)."""
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.fail("lora_overrides", "must be a mapping STEP: {high: FILE, low: FILE}")
+        for step, sides in value.items():
+            if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+                self.fail(f"lora_overrides.{step}", "the key must be a step label (a whole number >= 0)")
+            if not isinstance(sides, dict) or not sides or set(sides) - {"high", "low"}:
+                self.fail(f"lora_overrides.{step}", "must be a mapping with high and/or low")
+            for side, path in sides.items():
+                try:
+                    checked_file(_under(self.path.parent, self.string(path, f"lora_overrides.{step}.{side}")))
+                except ValueError as exc:
+                    self.fail(f"lora_overrides.{step}.{side}", str(exc))
+        return {step: dict(sides) for step, sides in value.items()}
+
     def index_list(self, value: Any, field_: str) -> list[int] | None:
         if value is None:
             return None
@@ -402,6 +429,7 @@ def case_to_dict(case: Case) -> dict:
         "vae": case.vae, "path_map": case.path_map or None, "profile": case.profile,
         "device": None if case.device == "auto" else case.device, "threads": case.threads,
         "tolerances": case.tolerances or None, "golden_stack": case.golden_stack, "steps": case.steps, "samples": case.samples, "notes": case.notes or None,
+        "lora_overrides": case.lora_overrides or None,
     }
     data.update({k: v for k, v in optional.items() if v is not None})
     return data
@@ -413,13 +441,19 @@ def save_case(case: Case, path: str | Path) -> Path:
     data = case_to_dict(case)
     if case.path is not None:  # an in-memory case's relative paths already mean "relative to the new file"
         old_base, new_base = case.base.resolve(), path.parent.resolve()
+        rebase = (lambda p: os.path.relpath(old_base / p, new_base) if not Path(p).is_absolute() and
+                  old_base != new_base else p)
         for key in ("golden_dir", "lora_dir"):
-            if data.get(key) and not Path(data[key]).is_absolute() and old_base != new_base:
-                data[key] = os.path.relpath(old_base / data[key], new_base)
+            if data.get(key):
+                data[key] = rebase(data[key])
+        if data.get("lora_overrides"):
+            data["lora_overrides"] = {step: {side: rebase(p) for side, p in sides.items()}
+                                      for step, sides in data["lora_overrides"].items()}
     text = HEADER + yaml.safe_dump(data, sort_keys=False, allow_unicode=True, default_flow_style=False)
     write_text_atomic(path, text)
     case.path = path
     case.golden_dir, case.lora_dir = data["golden_dir"], data.get("lora_dir")
+    case.lora_overrides = data.get("lora_overrides") or {}
     return path
 
 

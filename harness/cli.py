@@ -135,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     dia.add_argument("targets", nargs="+", metavar="TARGET", help=TARGET_HELP)
     _add_options(dia, "diagnose")
     dia.add_argument("--families", help="only these knob families (comma-separated): profile, shift, boundary, lora, "
-                                        "multiplier, merge, posterior, dtype, seed, negative, resize, quantization")
+                                        "multiplier, merge, posterior, dtype, seed, negative, resize, quantization, "
+                                        "merge-history")
     dia.add_argument("--force", action="store_true", help="sweep even previews that are already bit-exact")
     dia.add_argument("--exhaustive", action="store_true",
                      help="render every variant (default: stop at the first bit-exact one, and confirm a setting "
@@ -176,7 +177,8 @@ def _options_and_targets(args, **extra):
     options = resolved.options
     targets = []
     for target in args.targets:
-        targets.extend(collect(target, options.path_map, cache_dir=args.out / "ctrl-cache"))
+        targets.extend(collect(target, options.path_map, cache_dir=args.out / "ctrl-cache",
+                               lora_overrides=options.lora_overrides))
     targets = select(unique(targets), resolved.steps, resolved.samples, resolved.shard)
     if not targets and resolved.shard is None:
         raise HarnessError(None, "TARGET", "no previews selected (check --steps/--samples and the samples/ folder)")

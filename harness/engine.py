@@ -41,6 +41,7 @@ class RenderSettings:
     quantization: object = None  # harness.render.quant.QuantPlan, or None (bf16 experts)
     resize: str = "stretch"  # how the control image is fitted (ai-toolkit stretches)
     overrides: tuple = ()  # ((field, value), ...) of ``profile`` changed by a variant
+    merge_history: tuple | None = None  # earlier merged rounds (spec.MergeRound) replayed into the base; None: pristine
     profile_why: str = field(default="", compare=False)  # how the profile was chosen (a note, not a knob)
     profile_forced: bool = field(default=False, compare=False)  # --profile or the case chose it, not `auto`
 
@@ -70,6 +71,8 @@ class RenderOutcome:
     stack: object  # harness.stack.StackMatch: this stack against the golden's
     pinned: dict | None  # the CPU caps this process runs under
     seconds: float
+    exact_impossible: list[str] = field(default_factory=list)  # why no stack can give the golden's bits (§8.5)
+    lora_saved_dtype: str | None = None  # the dtype the job saved this step's LoRA in (sampling used fp32)
 
     @property
     def profile(self):
@@ -154,6 +157,7 @@ class Engine:
     """Holds loaded models, parsed LoRAs, prompt embeddings and LoRA metadata for the whole run."""
 
     def __init__(self, options: RunOptions, progress=None, models=None):
+        from .render.history import HistoryCache
         from .render.models import ModelCache
         from .render.text import PromptCache
 
@@ -163,9 +167,11 @@ class Engine:
         self.models = models if models is not None else ModelCache()
         self.prompts = PromptCache()
         self.loras = LoraCache()
+        self.histories = HistoryCache(self.loras.get)
         self.progress = progress
         self._stacks: dict[str, dict] = {}
         self._versions: dict[str, str | None] = {}
+        self._dtypes: dict[tuple[str, int], str | None] = {}
 
     # ------------------------------------------------------------------ this machine
 
@@ -235,7 +241,41 @@ class Engine:
         plan = quantization_plan(target.model_block, self.aitk_version(target), *self.ara_file(target))
         return RenderSettings(profile=profile, sample=preview.sample, multiplier=preview.multiplier, use_lora=True,
                               merged=preview.merged, quantization=plan, profile_why=why,
-                              profile_forced=not self.profile_is_auto(target))
+                              profile_forced=not self.profile_is_auto(target),
+                              merge_history=tuple(preview.merge_history) or None)
+
+    def lora_dtype(self, pair) -> str | None:
+        """The saved dtype of a checkpoint's files (``+``-joined when the sides differ), read once per file."""
+        from .aitk.outputs import lora_saved_dtype
+
+        found = set()
+        for path in (pair.high, pair.low) if pair is not None else ():
+            if path is not None:
+                key = (str(path), Path(path).stat().st_mtime_ns)
+                if key not in self._dtypes:
+                    self._dtypes[key] = lora_saved_dtype(path)
+                found.update((self._dtypes[key] or "").split("+"))
+        return "+".join(sorted(found - {""})) or None
+
+    def exact_impossible(self, target: PreviewTarget, settings: RenderSettings) -> list[str]:
+        """Why no stack can reproduce the golden's bits: LoRA files rounded by a bf16/fp16 save, where ai-toolkit
+        sampled (and merged) with the fp32 weights in memory (§8.5). Only for ai-toolkit jobs (a job config's model
+        block): other sources, such as runcomfy, cast the file's LoRA to bf16 themselves."""
+        preview, reasons = target.preview, []
+        if not target.model_block:
+            return reasons
+        if settings.use_lora and preview.lora is not None:
+            dtype, saved = self.lora_dtype(preview.lora), self.lora_dtype(preview.lora_saved or preview.lora)
+            if dtype != "fp32":
+                given = "the --lora-override weights are" if preview.lora_saved else "the LoRA was saved"
+                reasons.append(f"{given} in {dtype} (lora_saved_dtype: {saved}) but ai-toolkit sampled with the fp32 "
+                               f"weights in memory, so exactness is impossible; give those with --lora-override "
+                               f"{preview.step}=PATH")
+        rounded = [r.step for r in settings.merge_history or () if self.lora_dtype(r.lora) != "fp32"]
+        if rounded:
+            reasons.append(f"the merge history replays step(s) {', '.join(map(str, rounded))} from non-fp32 "
+                           "checkpoints; exactness needs their fp32 weights (--lora-override STEP=PATH)")
+        return reasons
 
     def ara_file(self, target: PreviewTarget) -> tuple[str | None, str | None]:
         """(path, how it was found) of the accuracy recovery adapter the job names: --ara, --path-map, HF cache."""
@@ -250,7 +290,7 @@ class Engine:
 
     def approximations(self, target: PreviewTarget, settings: RenderSettings, device: str) -> list[str]:
         """Reasons this render cannot claim bit-exactness, said up front rather than discovered as drift."""
-        notes = list(target.known_gaps)
+        notes = list(target.known_gaps) + self.exact_impossible(target, settings)
         if settings.quantization is not None:
             notes += list(settings.quantization.approximate)
         if (target.model_block or {}).get("layer_offloading"):  # with quantization on, the plan refused the job
@@ -286,6 +326,7 @@ class Engine:
         """Render one preview under ``settings`` (default: :meth:`baseline`)."""
         from .render import lora as lora_mod
         from .render.conditioning import load_control_image
+        from .render.history import installed
         from .render.pipeline import render_sample
         from .stack import pinned_env
 
@@ -305,15 +346,31 @@ class Engine:
         bundle, notes = self._bundle(target, settings, device)
         notes += [settings.profile_why] + ([ctrl_note] if ctrl_note else [])
         paths, layers = self.lora_layers(target) if settings.use_lora else ({}, {})
-        with lora_mod.applied(paths, layers, bundle.experts, settings.multiplier, merged=settings.merged,
-                              compute_device=bundle.device):
+        base, history_note = self._replayed_base(bundle, settings)
+        with installed(bundle.experts, base), lora_mod.applied(paths, layers, bundle.experts, settings.multiplier,
+                                                               merged=settings.merged, compute_device=bundle.device):
             render = render_sample(bundle, sample, image, settings.sampler, self.prompts, progress=self.progress,
                                    rng_layout=_rng_layout(target, bundle.device))
         return RenderOutcome(frames=render.frames, trace=[list(t) for t in render.trace], settings=settings,
-                             device=device, offload=self.options.offload, notes=[n for n in notes if n],
+                             device=device, offload=self.options.offload, notes=[n for n in notes + [history_note] if n],
                              approximate=self.approximations(target, settings, device),
                              stack=self.stack_match(target), pinned=pinned_env() or None,
-                             seconds=round(time.perf_counter() - started, 3))
+                             seconds=round(time.perf_counter() - started, 3),
+                             exact_impossible=self.exact_impossible(target, settings),
+                             lora_saved_dtype=self.lora_dtype(target.preview.lora_saved or target.preview.lora))
+
+    def _replayed_base(self, bundle, settings: RenderSettings) -> tuple[dict, str]:
+        """The base ai-toolkit's earlier merged rounds left (§8.2), and a note saying so; ai-toolkit never merges
+        into a quantized model, so a quantized variant keeps the pristine base."""
+        history = settings.merge_history
+        if not history:
+            return {}, ""
+        steps = ", ".join(str(r.step) for r in history)
+        if settings.quantization is not None:
+            return {}, f"merge history (steps {steps}) not replayed: ai-toolkit never merges into a quantized model"
+        return (self.histories.base_for(bundle, history),
+                f"base weights replayed through the earlier merged sampling round(s) at step(s) {steps}: ai-toolkit's "
+                "merge-out left their bf16 residue in the base (§8.2)")
 
     def _bundle(self, target: PreviewTarget, settings: RenderSettings, device: str):
         """The loaded models for a target under ``settings`` (dtype rule, quantization), and how they were found."""

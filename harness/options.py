@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from .aitk import overrides
 from .errors import HarnessError
 from .paths import PathMap
 from .render.profiles import profile_choices
@@ -43,6 +44,7 @@ class RunOptions:
     resume: bool = False
     offload: str = "none"  # none | experts | sequential (identical numerics)
     ara: str | None = None  # local copy of the accuracy recovery adapter a 'uint4|<ara>' job names (--ara PATH)
+    lora_overrides: dict = field(default_factory=dict)  # {step: {side: Path}}: fp32 files instead of checkpoints
 
 
 RUN_COMMANDS = ("run", "calibrate", "diagnose", "selfcheck")
@@ -195,6 +197,11 @@ OPTIONS: tuple[Option, ...] = (
                            "exactness is expected", parse=Path, metavar="FILE", commands=RENDERING),
     Option("ara", "local copy of the accuracy recovery adapter a 'uint4|<ara>' job names", field="ara",
            commands=RENDERING),
+    Option("lora-override", "fp32 LoRA weights to use instead of step STEP's checkpoint (a dump, or a re-save with "
+                            "save.dtype float32; the expert from the name ..._high_noise/_low_noise.safetensors), "
+                            "for that preview and the merge history of later ones (repeatable)",
+           parse=overrides.checked_entry, default=(), action="append", metavar="STEP=PATH", field="lora_overrides",
+           to_field=overrides.from_entries),
     Option("offload", "memory mode, identical numerics: none (all on GPU), experts (active expert only; 80 GB for "
                       "A14B), sequential (block by block; 24 GB cards)", default="none",
            choices=lambda: ("none", "experts", "sequential"), field="offload", commands=RENDERING),

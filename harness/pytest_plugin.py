@@ -233,7 +233,8 @@ class CaseFile(pytest.File):
 
         session = self.config._parity
         try:
-            targets = from_case(self.path, session.path_map(), session.settings.case_defaults)
+            targets = from_case(self.path, session.path_map(), session.settings.case_defaults,
+                                session.settings.options.lora_overrides)
             targets = with_golden_stack(targets, session.golden_stack())
         except HarnessError as exc:
             yield BrokenCase.from_parent(self, name="case", error=exc)

@@ -82,6 +82,9 @@ class PreviewResult:
     resumed: bool = False
     frames_sha256: str | None = None  # of the lossless uint8 frames (F, H, W, 3): bit-identity at a glance
     mp4_path: str | None = None  # wan-parity render --mp4 / serve --mp4
+    lora_saved_dtype: str | None = None  # fp32 | bf16 | fp16: how the job saved this step's LoRA (sampling used fp32)
+    lora_override: dict | None = None  # {"high", "low"}: fp32 files used instead of the job's checkpoint
+    merge_history: list | None = None  # [{step, multiplier, lora}]: earlier merged rounds replayed into the base
 
     # ------------------------------------------------------------------ headline numbers (the encoded view)
 

@@ -21,11 +21,12 @@ from .result import PreviewResult
 from .spec import PreviewTarget
 
 
-def effective_thresholds(thresholds, match):
-    """The preview's thresholds (defaults for the encoded view) with ``require_bit_exact: auto`` decided."""
+def effective_thresholds(thresholds, match, impossible=()):
+    """The preview's thresholds (defaults for the encoded view) with ``require_bit_exact: auto`` decided: exact where
+    the stacks match, unless ``impossible`` says why no stack can be (a bf16-saved LoRA)."""
     from .metrics import ENCODED_VIEW
 
-    return (thresholds or ENCODED_VIEW).resolved(match.exact_expected)
+    return (thresholds or ENCODED_VIEW).resolved(match.exact_expected and not impossible)
 
 
 def base_result(target: PreviewTarget) -> PreviewResult:
@@ -39,10 +40,15 @@ def base_result(target: PreviewTarget) -> PreviewResult:
         width_requested=s.width_requested, height_requested=s.height_requested, num_frames=s.num_frames,
         num_frames_requested=s.num_frames_requested, fps=s.fps, guidance_scale=s.guidance_scale,
         sample_steps=s.sample_steps, network_multiplier=p.multiplier, ctrl_img=s.ctrl_img,
-        lora=None if p.lora is None else {side: str(getattr(p.lora, side)) if getattr(p.lora, side) else None
-                                          for side in ("high", "low")},
+        lora=None if p.lora is None else _pair_json(p.lora),
         lora_path="none" if p.lora is None else ("merged" if p.merged else "unmerged"),
-        golden_stack=target.golden_stack)
+        golden_stack=target.golden_stack, lora_override=None if p.lora_saved is None else _pair_json(p.lora),
+        merge_history=[{"step": r.step, "multiplier": r.multiplier, "lora": _pair_json(r.lora)}
+                       for r in p.merge_history] or None)
+
+
+def _pair_json(pair) -> dict:
+    return {side: str(getattr(pair, side)) if getattr(pair, side) else None for side in ("high", "low")}
 
 
 def run_one(engine: Engine, target: PreviewTarget) -> PreviewResult:
@@ -67,7 +73,7 @@ def run_one(engine: Engine, target: PreviewTarget) -> PreviewResult:
             raise
         result.status, result.message = "error", error.line()
         return result
-    thresholds = effective_thresholds(target.thresholds, outcome.stack)
+    thresholds = effective_thresholds(target.thresholds, outcome.stack, outcome.exact_impossible)
     outcome, judged, notes = _best_profile(engine, target, outcome, compare_to_golden(outcome.frames, golden, thresholds),
                                            golden)
     _record(result, outcome, judged, notes)
@@ -110,11 +116,14 @@ def _record(result: PreviewResult, outcome: RenderOutcome, judged: Verdict, note
     result.status = judged.status
     result.encoded, result.raw, result.raw_golden, result.thresholds = (judged.encoded, judged.raw, judged.raw_golden,
                                                                           judged.thresholds)
-    result.exact_expected = match.exact_expected
+    result.exact_expected = match.exact_expected and not outcome.exact_impossible
+    result.lora_saved_dtype = outcome.lora_saved_dtype
     result.stack_diff, result.stack_unknown, result.stack_reason = (match.diff or None, list(match.unknown) or None,
                                                                     match.reason())
     record_render(result, outcome, notes)
     result.message = judged.encoded.mismatch or _describe(result)
+    if not result.bit_exact and outcome.exact_impossible:
+        result.message += f"; max |diff| {judged.encoded.max_abs_diff} levels; {outcome.exact_impossible[0]}"
     if not result.bit_exact and match.reason():
         result.message += f"; {match.reason()}"
 

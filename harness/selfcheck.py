@@ -89,7 +89,8 @@ def selfcheck_main(target_path, options=None, preview_index: int = 0, out=None) 
 
     options = options or RunOptions()
     path_map = getattr(options, "path_map", None) or PathMap()
-    target = _pick(collect(Path(target_path), path_map), preview_index)
+    target = _pick(collect(Path(target_path), path_map, lora_overrides=getattr(options, "lora_overrides", None)),
+                   preview_index)
     engine = Engine(options)
     print(f"selfcheck: rendering {target.key} twice on {engine.device_for(target)}", file=out)
     renders = []

@@ -48,6 +48,16 @@ class LoraPair:
 
 
 @dataclass(frozen=True)
+class MergeRound:
+    """An earlier sampling round on ai-toolkit's merged path: its merge-in/merge-out left bf16 residue in the base
+    weights every later round of the process rendered on (§8.2)."""
+
+    step: int
+    multiplier: float
+    lora: LoraPair
+
+
+@dataclass(frozen=True)
 class PreviewJob:
     """One golden preview paired with everything needed to re-render it."""
 
@@ -63,6 +73,8 @@ class PreviewJob:
     golden_raw: Path | None = None  # lossless frames, when the output folder has them
     extra: dict = field(default_factory=dict)
     broken: str | None = None  # an input that exists but cannot be used (one error line): an error, not unreproducible
+    merge_history: tuple = ()  # MergeRound, in order: the earlier merged rounds this preview's base carried
+    lora_saved: LoraPair | None = None  # the job's own checkpoint, when a --lora-override replaced it in ``lora``
 
     @property
     def golden_ext(self) -> str:

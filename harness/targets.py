@@ -13,8 +13,10 @@ from .spec import PreviewTarget
 from .stack import stack_beside
 
 
-def from_output_dir(output_dir: Path, path_map: PathMap | None = None) -> list[PreviewTarget]:
-    """An ai-toolkit output folder used directly: its config.yaml plus samples/ and the checkpoints beside them."""
+def from_output_dir(output_dir: Path, path_map: PathMap | None = None,
+                    lora_overrides: dict | None = None) -> list[PreviewTarget]:
+    """An ai-toolkit output folder used directly: its config.yaml plus samples/ and the checkpoints beside them
+    (``lora_overrides``: fp32 files to use instead of some steps' checkpoints)."""
     from .aitk.job import load_job
     from .aitk.outputs import discover
 
@@ -26,7 +28,7 @@ def from_output_dir(output_dir: Path, path_map: PathMap | None = None) -> list[P
                       search_dirs=[Path(output_dir)], path_map=path_map or PathMap(), model_block=job.model,
                       rng_layout=job.render_device, known_gaps=_gaps(job), golden_stack=golden_stack,
                       threads=(golden_stack or {}).get("threads"), source=Path(output_dir))
-        for p in discover(output_dir, job)
+        for p in discover(output_dir, job, overrides=lora_overrides)
     ]
 
 
@@ -35,10 +37,12 @@ def _gaps(job) -> list[str]:
     return [reason] if reason else []
 
 
-def from_case(case_file: Path, path_map: PathMap | None = None, defaults: dict | None = None) -> list[PreviewTarget]:
+def from_case(case_file: Path, path_map: PathMap | None = None, defaults: dict | None = None,
+              lora_overrides: dict | None = None) -> list[PreviewTarget]:
     """A committed case: goldens from golden_dir, LoRAs from lora_dir, tolerances and profile from the case.
 
     ``defaults``: values for the case keys the file leaves out (the pytest ini; see harness.options).
+    ``lora_overrides``: the run's --lora-override, on top of the case's own ``lora_overrides``.
     """
     from .aitk.job import load_job
     from .case import load_case
@@ -56,7 +60,7 @@ def from_case(case_file: Path, path_map: PathMap | None = None, defaults: dict |
                       threads=case.threads or (case.golden_stack or {}).get("threads"), vae=case.vae_path(),
                       device=case.device, rng_layout=job.render_device, known_gaps=_gaps(job),
                       golden_stack=case.golden_stack, source=Path(case_file))
-        for p in case.preview_jobs(path_map)
+        for p in case.preview_jobs(path_map, lora_overrides)
     ]
 
 
@@ -71,7 +75,8 @@ def from_runcomfy(request: Path, path_map: PathMap | None = None, cache_dir: Pat
     ]
 
 
-def collect(target: str | Path, path_map: PathMap | None = None, cache_dir: Path | None = None) -> list[PreviewTarget]:
+def collect(target: str | Path, path_map: PathMap | None = None, cache_dir: Path | None = None,
+            lora_overrides: dict | None = None) -> list[PreviewTarget]:
     """Dispatch on what the path is; anything else is a one-line error naming it."""
     from .case import find_case_files, is_aitk_output_dir, looks_like_output_dir
     from .sources.runcomfy import is_runcomfy_request
@@ -81,14 +86,14 @@ def collect(target: str | Path, path_map: PathMap | None = None, cache_dir: Path
         raise HarnessError(path, None, "not found; give a case file, a folder of case files, an ai-toolkit output "
                                        "folder or a runcomfy request JSON")
     if path.is_dir() and (is_aitk_output_dir(path) or looks_like_output_dir(path)):
-        return from_output_dir(path, path_map)  # a half output folder says what is missing or unreadable
+        return from_output_dir(path, path_map, lora_overrides)  # a half output folder says what is missing or unreadable
     if path.is_file() and is_runcomfy_request(path):
         return from_runcomfy(path, path_map, cache_dir)
     case_files = find_case_files(path)
     if not case_files:
         raise HarnessError(path, None, "no case files here (YAML with schema: wan-parity/case@1); for an ai-toolkit "
                                        "output folder give the folder holding config.yaml and samples/")
-    return [t for case_file in case_files for t in from_case(case_file, path_map)]
+    return [t for case_file in case_files for t in from_case(case_file, path_map, lora_overrides=lora_overrides)]
 
 
 def with_golden_stack(targets: list[PreviewTarget], stack: dict | None) -> list[PreviewTarget]:

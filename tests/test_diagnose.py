@@ -27,7 +27,7 @@ from harness.render.profiles import PROFILES
 from harness.engine import Engine
 from harness.spec import PreviewTarget
 from harness.options import RunOptions
-from harness.spec import LoraPair, PreviewJob, SampleSpec
+from harness.spec import LoraPair, MergeRound, PreviewJob, SampleSpec
 
 BASE_NEG = "blurry, low quality"
 BASE_PROFILE = "aitk-unipc-old"
@@ -44,6 +44,7 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("diagnose")
     model = build_tiny_model(root / "tiny_model")
     high, low = make_demo_lora_pair(model, root / "lora", "diag", seed=7, step=250)
+    earlier = LoraPair(*make_demo_lora_pair(model, root / "lora", "diag", seed=3, step=200))
     y, x = np.mgrid[0:32, 0:48].astype(np.float32)  # 3:2, so a centre crop differs from a stretch
     ctrl = np.stack([40 + 200 * (x / 48), 120 + 100 * np.sin(y / 5), 200 - 150 * ((x + y) % 17 > 8)], axis=-1)
     Image.fromarray(np.clip(ctrl, 0, 255).astype(np.uint8)).save(root / "ctrl.png")
@@ -51,7 +52,8 @@ def world(tmp_path_factory):
                         width=32, height=32, num_frames=5, guidance_scale=4.0, sample_steps=4, network_multiplier=0.8,
                         fps=16, ctrl_img=str(root / "ctrl.png"))  # 4 UniPC-old steps: t=899 sits between 875 and 900
     preview = PreviewJob(case="diag", golden=root / "unset.webp", step=250, index=2, sample=sample,
-                         lora=LoraPair(high, low), merged=False)
+                         lora=LoraPair(high, low), merged=False,  # on a base an earlier merged round left (§8.2)
+                         merge_history=(MergeRound(step=200, multiplier=0.8, lora=earlier),))
     target = PreviewTarget(preview=preview, model_name=str(model), config_file=root / "config.yaml",
                            profile=BASE_PROFILE, path_map=PathMap(), rng_layout="cpu", device="cpu")
     engine = Engine(RunOptions(device="cpu", threads=THREADS))
@@ -125,6 +127,10 @@ def _wrong_knob_goldens():
         return _golden(world, "quantized", world["target"], mp,
                        lambda m: m.setattr(quant, "quantization_plan", lambda *args, **kwargs: plan))
 
+    def pristine(world, mp):
+        t = world["target"]
+        return _golden(world, "pristine", replace(t, preview=replace(t.preview, merge_history=())))
+
     return [
         ("profile", "runcomfy", profile),
         ("quantization", "qfloat8 (UI default)", quantized),
@@ -138,6 +144,7 @@ def _wrong_knob_goldens():
         ("seed", "seed 42", seed),
         ("negative", "negative prompt empty", negative),
         ("resize", "centre crop", resize),
+        ("merge-history", "pristine base", pristine),
     ]
 
 
@@ -202,7 +209,7 @@ def test_every_variant_changes_exactly_one_knob(world):
     knob_of = {"profile": {"profile"}, "shift": {"shift"}, "boundary": {"boundary"}, "lora": {"lora"},
                "multiplier": {"multiplier"}, "merge": {"lora_path"}, "posterior": {"posterior"},
                "dtype": {"cast_whole_bf16"}, "seed": {"seed"}, "negative": {"negative_prompt"}, "resize": {"resize"},
-               "quantization": {"quantization"}}
+               "quantization": {"quantization"}, "merge-history": {"merge_history"}}
     for v in variants:
         assert set(dg.changes(ctx.base, v.apply(ctx.base))) == knob_of[v.family], v.name
     assert {v.name for v in variants if v.family == "profile"} == set(PROFILES) - {BASE_PROFILE}

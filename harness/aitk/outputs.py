@@ -15,7 +15,9 @@ from collections import defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from harness.aitk.history import plan_merge_history
 from harness.aitk.job import P0, AitkJob, load_job
+from harness.aitk.overrides import Overrides, pair_for
 from harness.aitk.samples import UNREPRODUCIBLE, expand_samples, merge_decision
 from harness.errors import HarnessError
 from harness.fsutil import file_kind
@@ -47,11 +49,12 @@ def scan_previews(samples_dir: Path) -> list[FoundPreview]:
 
 
 def discover(output_dir: str | Path, job: AitkJob | None = None, case: str | None = None,
-             lora_dir: str | Path | None = None) -> list[PreviewJob]:
-    """Every preview in the output folder, paired with its effective sample settings and checkpoint.
+             lora_dir: str | Path | None = None, overrides: Overrides | None = None) -> list[PreviewJob]:
+    """Every preview in the output folder, paired with its effective sample settings, checkpoint and merge history.
 
     ``lora_dir`` is where the checkpoints live when they are not next to the previews: a case keeps a
     copy of the previews but only references the (large) LoRA files in the original output folder.
+    ``overrides`` ({step: {side: path}}) are fp32 LoRA files to use in place of a step's checkpoint.
     """
     out = Path(output_dir)
     if not out.is_dir():
@@ -70,8 +73,8 @@ def discover(output_dir: str | Path, job: AitkJob | None = None, case: str | Non
     jobs = []
     for (step, index), renders in sorted(groups.items()):
         for k, found in enumerate(renders):
-            jobs.append(_pair(out, loras, job, rounds, found, k, len(renders), case or out.name))
-    return _with_job_version(jobs, job_aitk_version(loras, job))
+            jobs.append(_pair(out, loras, job, rounds, found, k, len(renders), case or out.name, overrides))
+    return _with_job_version(plan_merge_history(jobs, job.train_steps), job_aitk_version(loras, job))
 
 
 def job_aitk_version(loras: Path, job: AitkJob) -> dict | None:
@@ -113,7 +116,7 @@ def _round_at(job: AitkJob, rounds: dict, step: int, index: int, k: int) -> str:
 
 
 def _pair(out: Path, loras: Path, job: AitkJob, rounds: dict, f: FoundPreview, k: int, n: int,
-          case: str) -> PreviewJob:
+          case: str, overrides: Overrides | None = None) -> PreviewJob:
     """Build one PreviewJob; missing inputs make it unreproducible rather than failing the whole run."""
     round_name = _round_at(job, rounds, f.step, f.index, k)
     specs = rounds[round_name]
@@ -123,6 +126,7 @@ def _pair(out: Path, loras: Path, job: AitkJob, rounds: dict, f: FoundPreview, k
         spec = _placeholder(f.index, f"{round_name} lists only {len(specs)} samples but the file name says index "
                                      f"{f.index}; the config does not match this output folder")
     lora, lora_reason = _lora_for(loras, job, f.step)
+    lora, lora_reason, saved = pair_for(overrides, f.step, lora, lora_reason, expected_sides(job))
     merged, merge_reason = merge_decision(job, specs)
     raw = out / "samples_raw" / (f.path.stem + ".npy")
     return PreviewJob(
@@ -137,7 +141,9 @@ def _pair(out: Path, loras: Path, job: AitkJob, rounds: dict, f: FoundPreview, k
         unreproducible=_combine(spec.unreproducible, lora_reason),
         broken=broken_checkpoint(loras, job, f.step),
         golden_raw=raw if raw.is_file() else None,
-        extra={"time": f.time, "round": round_name, "merge_reason": merge_reason},
+        extra={"time": f.time, "round": round_name, "merge_reason": merge_reason, "lora_missing": lora_reason,
+               "merge_multiplier": float(specs[0].network_multiplier) if merged else None},
+        lora_saved=saved,
     )
 
 
@@ -300,5 +306,21 @@ def checkpoint_for(out: Path, job: AitkJob, step: int | None) -> tuple[LoraPair 
     """The LoRA pair a render at ``step`` uses (0: none, the untrained base; None: the final, un-numbered save), or the
     reason there is none, by the same pairing rules as the previews."""
     if step is None:
-        return _pair_files(checkpoint_files(Path(out), job, None), job.train_steps or 0)
+        found = next(((files, combined) for files, combined in checkpoint_formats(Path(out), job, None)
+                      if any(os.path.lexists(p) for p in files.values())), None)
+        return _pair_files(*found, job.train_steps or 0) if found else (None, "no final checkpoint in the folder")
     return _lora_for(Path(out), job, step)
+
+
+SAVED_DTYPES = {"F32": "fp32", "BF16": "bf16", "F16": "fp16", "F64": "fp64"}
+
+
+def lora_saved_dtype(path: str | Path) -> str | None:
+    """The dtype the LoRA's tensors were saved in (``save.dtype``, §8.5): ``fp32``, ``bf16``, ``fp16`` (several
+    joined by ``+``), read from the header; None for a file without tensors. Sampling used fp32 weights."""
+    from safetensors import safe_open
+
+    lora_metadata(path)  # the same one-line errors for a missing, pickled or foreign file
+    with safe_open(str(path), framework="numpy") as handle:
+        found = {handle.get_slice(key).get_dtype() for key in handle.keys()}
+    return "+".join(sorted(SAVED_DTYPES.get(d, d.lower()) for d in found)) or None

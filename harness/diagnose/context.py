@@ -58,7 +58,7 @@ def effective_key(ctx: Context, knobs: RenderSettings) -> tuple:
         resize = "stretch"
     negative = s.negative_prompt if s.guidance_scale > 1.0 else None
     return (_schedule_key(p, s.sample_steps), p.posterior, p.cast_whole_bf16, s.seed, negative, _lora_key(ctx, knobs),
-            resize, knobs.quantization)
+            resize, knobs.quantization, knobs.merge_history)
 
 
 def _schedule_key(p, steps: int) -> tuple:

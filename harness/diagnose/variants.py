@@ -240,6 +240,19 @@ def _resize(target, base: RenderSettings, aitk_version: str | None = None) -> li
                     lambda k: replace(k, resize="stretch"), "the control image was stretched, as ai-toolkit does")]
 
 
+def _merge_history(target, base: RenderSettings) -> list[Variant]:
+    """The pristine base instead of the one ai-toolkit's earlier merged rounds left (§8.2): names that drift."""
+    if not base.merge_history:
+        return []
+    steps = ", ".join(str(r.step) for r in base.merge_history)
+    return [Variant("pristine base", "merge-history", f"the pristine base weights instead of the base replayed "
+                    f"through the merged rounds at step(s) {steps}", lambda k: replace(k, merge_history=None),
+                    "the preview was rendered on the pristine base, without the residue of the earlier merged "
+                    "rounds (the job was resumed or restarted before this round, which reloads the base, or those "
+                    "rounds were not merged)")]
+
+
 _BUILDERS = (("profile", _profiles), ("shift", _shifts), ("boundary", _boundaries), ("lora", _lora_off),
              ("multiplier", _multipliers), ("merge", _merge), ("posterior", _posterior), ("dtype", _dtype),
-             ("seed", _seeds), ("negative", _negatives), ("quantization", _quantization), ("resize", _resize))
+             ("seed", _seeds), ("negative", _negatives), ("quantization", _quantization), ("resize", _resize),
+             ("merge-history", _merge_history))

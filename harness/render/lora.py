@@ -2,7 +2,8 @@
 
 * unmerged: ``out = base_bf16(x) + bf16(m * B(A(x.float())))`` with fp32 A/B, via forward hooks;
 * merged:   ``W' = bf16(W.float() + m * B @ A)``, written into the weights and restored bit-exactly afterwards
-  from a saved copy (an arithmetic unmerge would leave bf16 rounding residue).
+  from a saved copy (an arithmetic unmerge would leave bf16 rounding residue);
+* ``merge_round``: ai-toolkit's own merge-in and arithmetic merge-out, residue included, to replay its history.
 
 Every key of the file must land on a module: an unmatched key is an error that lists them, never a silent drop.
 """
@@ -239,5 +240,34 @@ def applied(path_by_expert: dict, layers_by_expert: dict, transformers: dict, mu
     finally:
         for handle in handles:
             handle.remove()
+        for linear, original in saved:
+            _restore(linear.weight, original)
+
+
+def merge_round(weight: torch.Tensor, layer: LoraLayer, multiplier: float, device=None) -> torch.Tensor:
+    """One sampling round of ai-toolkit's merged path on a bf16 weight: ``merge_in(m)``, then ``merge_out(m)``,
+    which is ``merge_in(-|m|)``: a second ``bf16(W' + (-|m|) * B @ A)`` (§8.2). The result is the base every later
+    round of the process trains and samples on; it differs from ``weight`` by the two roundings' residue (and, for a
+    negative ``m``, by ``2m * B @ A``: merge-out adds the delta again). All-zero up or down skips both, as there.
+    """
+    if not (layer.up.any() and layer.down.any()):
+        return weight
+    merged = merged_weight(weight, layer, multiplier, device)
+    return merged_weight(merged, layer, -abs(multiplier), device)
+
+
+@contextmanager
+def weights_replaced(replacements):
+    """Point each ``(linear, weight)``'s module at that weight for the duration (a replayed merge history), then
+    restore the originals bit-exactly from the parked copies, as :func:`applied` does after a merge. An iterator is
+    consumed one pair at a time, so each weight may be built only when its turn comes."""
+    saved = []
+    try:
+        for linear, weight in replacements:
+            original = _park(linear.weight)
+            linear.weight.data = weight
+            saved.append((linear, original))
+        yield
+    finally:
         for linear, original in saved:
             _restore(linear.weight, original)
