@@ -41,6 +41,7 @@ class RenderSettings:
     quantization: object = None  # harness.render.quant.QuantPlan, or None (bf16 experts)
     resize: str = "stretch"  # how the control image is fitted (ai-toolkit stretches)
     overrides: tuple = ()  # ((field, value), ...) of ``profile`` changed by a variant
+    rng_grid: int | None = None  # CUDA randn grid cap (threads) of the golden's GPU (§3.8); None: this GPU's own
     profile_why: str = field(default="", compare=False)  # how the profile was chosen (a note, not a knob)
     profile_forced: bool = field(default=False, compare=False)  # --profile or the case chose it, not `auto`
 
@@ -227,7 +228,16 @@ class Engine:
         plan = quantization_plan(target.model_block, self.aitk_version(target), ara_path=self.options.ara)
         return RenderSettings(profile=profile, sample=preview.sample, multiplier=preview.multiplier, use_lora=True,
                               merged=preview.merged, quantization=plan, profile_why=why,
-                              profile_forced=not self.profile_is_auto(target))
+                              profile_forced=not self.profile_is_auto(target), rng_grid=self.rng_grid(target))
+
+    def rng_grid(self, target: PreviewTarget) -> int | None:
+        """The CUDA randn grid of the golden's GPU (§3.8): its stack's, else the assumed default; None on CPU layout."""
+        from .gpus import grid_for_stack
+        from .render.rng import default_grid
+
+        if target.rng_layout != "cuda":
+            return None
+        return grid_for_stack(target.golden_stack)[0] or default_grid(self.device_for(target))
 
     def approximations(self, target: PreviewTarget, settings: RenderSettings, device: str) -> list[str]:
         """Reasons this render cannot claim bit-exactness, said up front rather than discovered as drift."""
@@ -237,9 +247,10 @@ class Engine:
         if (target.model_block or {}).get("layer_offloading"):  # with quantization on, the plan refused the job
             notes.append("the job used layer_offloading (ai-toolkit's MemoryManager streams layers); assumed to change "
                          "no pixels (UNVERIFIED)")
-        if target.rng_layout == "cuda" and torch_device_type(device) == "cpu":
-            notes.append("ai-toolkit drew the first-frame posterior noise from the CUDA generator; a CPU render draws "
-                         "it from the CPU stream instead")
+        if target.rng_layout == "cuda":
+            from .render.rng import emulation_notes
+
+            notes += emulation_notes(settings, device)
         elif target.rng_layout == "cpu" and torch_device_type(device) != "cpu":
             notes.append("the golden was rendered on CPU; CUDA kernels differ from CPU ones in the last bits")
         if not settings.sampler.exact:
@@ -267,6 +278,7 @@ class Engine:
         from .render import lora as lora_mod
         from .render.conditioning import load_control_image
         from .render.pipeline import render_sample
+        from .render.rng import layout_notes
         from .stack import pinned_env
 
         started = time.perf_counter()
@@ -279,7 +291,8 @@ class Engine:
         bundle, notes = self._bundle(target, settings, device)
         sample = settings.sample
         ctrl, ctrl_note = self.control_image_path(target, sample)
-        notes += [settings.profile_why] + ([ctrl_note] if ctrl_note else [])
+        notes += [settings.profile_why] + ([ctrl_note] if ctrl_note else []) + layout_notes(settings, target.golden_stack,
+                                                                                           device)
         try:
             image = load_control_image(ctrl, sample.width, sample.height, resize=settings.resize)
         except (OSError, ValueError) as exc:
@@ -288,7 +301,7 @@ class Engine:
         with lora_mod.applied(paths, layers, bundle.experts, settings.multiplier, merged=settings.merged,
                               compute_device=bundle.device):
             render = render_sample(bundle, sample, image, settings.sampler, self.prompts, progress=self.progress,
-                                   rng_layout=_rng_layout(target, bundle.device))
+                                   rng_layout=target.rng_layout, rng_grid=settings.rng_grid)
         return RenderOutcome(frames=render.frames, trace=[list(t) for t in render.trace], settings=settings,
                              device=device, offload=self.options.offload, notes=[n for n in notes if n],
                              approximate=self.approximations(target, settings, device),
@@ -307,11 +320,6 @@ class Engine:
         bundle = self.models.get(base, vae, device, cast_whole_bf16=settings.sampler.cast_whole_bf16,
                                  quantization=settings.quantization, offload=self.options.offload)
         return bundle, [n for n in (base_note, vae_note) if n]
-
-
-def _rng_layout(target: PreviewTarget, device) -> str:
-    """ai-toolkit's RNG layout; a CUDA-rendered preview re-rendered on CPU can only approximate the posterior."""
-    return "cpu" if target.rng_layout == "cpu" or torch_device_type(device) == "cpu" else "cuda"
 
 
 def profile_settings(profile) -> dict:
