@@ -42,6 +42,7 @@ class RenderSettings:
     resize: str = "stretch"  # how the control image is fitted (ai-toolkit stretches)
     overrides: tuple = ()  # ((field, value), ...) of ``profile`` changed by a variant
     merge_history: tuple | None = None  # earlier merged rounds (spec.MergeRound) replayed into the base; None: pristine
+    rng_grid: int | None = None  # CUDA randn grid cap (threads) of the golden's GPU (§3.8); None: this GPU's own
     profile_why: str = field(default="", compare=False)  # how the profile was chosen (a note, not a knob)
     profile_forced: bool = field(default=False, compare=False)  # --profile or the case chose it, not `auto`
 
@@ -242,7 +243,8 @@ class Engine:
         return RenderSettings(profile=profile, sample=preview.sample, multiplier=preview.multiplier, use_lora=True,
                               merged=preview.merged, quantization=plan, profile_why=why,
                               profile_forced=not self.profile_is_auto(target),
-                              merge_history=tuple(preview.merge_history) or None)
+                              merge_history=tuple(preview.merge_history) or None,
+                              rng_grid=self.rng_grid(target))
 
     def lora_dtype(self, pair) -> str | None:
         """The saved dtype of a checkpoint's files (``+``-joined when the sides differ), read once per file."""
@@ -288,6 +290,15 @@ class Engine:
         path, note = resolve_ara(source, target.path_map, self.options.ara, file=target.config_file)
         return str(path), note
 
+    def rng_grid(self, target: PreviewTarget) -> int | None:
+        """The CUDA randn grid of the golden's GPU (§3.8): its stack's, else the assumed default; None on CPU layout."""
+        from .gpus import grid_for_stack
+        from .render.rng import default_grid
+
+        if target.rng_layout != "cuda":
+            return None
+        return grid_for_stack(target.golden_stack)[0] or default_grid(self.device_for(target))
+
     def approximations(self, target: PreviewTarget, settings: RenderSettings, device: str) -> list[str]:
         """Reasons this render cannot claim bit-exactness, said up front rather than discovered as drift."""
         notes = list(target.known_gaps) + self.exact_impossible(target, settings)
@@ -296,9 +307,10 @@ class Engine:
         if (target.model_block or {}).get("layer_offloading"):  # with quantization on, the plan refused the job
             notes.append("the job used layer_offloading (ai-toolkit's MemoryManager streams layers); assumed to change "
                          "no pixels (UNVERIFIED)")
-        if target.rng_layout == "cuda" and torch_device_type(device) == "cpu":
-            notes.append("ai-toolkit drew the first-frame posterior noise from the CUDA generator; a CPU render draws "
-                         "it from the CPU stream instead")
+        if target.rng_layout == "cuda":
+            from .render.rng import emulation_notes
+
+            notes += emulation_notes(settings, device)
         elif target.rng_layout == "cpu" and torch_device_type(device) != "cpu":
             notes.append("the golden was rendered on CPU; CUDA kernels differ from CPU ones in the last bits")
         if not settings.sampler.exact:
@@ -328,6 +340,7 @@ class Engine:
         from .render.conditioning import load_control_image
         from .render.history import installed
         from .render.pipeline import render_sample
+        from .render.rng import layout_notes
         from .stack import pinned_env
 
         started = time.perf_counter()
@@ -344,13 +357,14 @@ class Engine:
         except (OSError, ValueError) as exc:
             raise HarnessError(ctrl, f"sample.samples[{sample.index}].ctrl_img", f"not a readable image ({exc})") from None
         bundle, notes = self._bundle(target, settings, device)
-        notes += [settings.profile_why] + ([ctrl_note] if ctrl_note else [])
+        notes += [settings.profile_why] + ([ctrl_note] if ctrl_note else []) + layout_notes(settings, target.golden_stack,
+                                                                                           device)
         paths, layers = self.lora_layers(target) if settings.use_lora else ({}, {})
         base, history_note = self._replayed_base(bundle, settings)
         with installed(bundle.experts, base), lora_mod.applied(paths, layers, bundle.experts, settings.multiplier,
                                                                merged=settings.merged, compute_device=bundle.device):
             render = render_sample(bundle, sample, image, settings.sampler, self.prompts, progress=self.progress,
-                                   rng_layout=_rng_layout(target, bundle.device))
+                                   rng_layout=target.rng_layout, rng_grid=settings.rng_grid)
         return RenderOutcome(frames=render.frames, trace=[list(t) for t in render.trace], settings=settings,
                              device=device, offload=self.options.offload, notes=[n for n in notes + [history_note] if n],
                              approximate=self.approximations(target, settings, device),
@@ -384,11 +398,6 @@ class Engine:
         bundle = self.models.get(base, vae, device, cast_whole_bf16=settings.sampler.cast_whole_bf16,
                                  quantization=settings.quantization, offload=self.options.offload)
         return bundle, [n for n in (base_note, vae_note) if n]
-
-
-def _rng_layout(target: PreviewTarget, device) -> str:
-    """ai-toolkit's RNG layout; a CUDA-rendered preview re-rendered on CPU can only approximate the posterior."""
-    return "cpu" if target.rng_layout == "cpu" or torch_device_type(device) == "cpu" else "cuda"
 
 
 def profile_settings(profile) -> dict:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from harness.gpus import rng_grid
+from harness.render import philox
 from harness.render.rng import PreviewRng, latent_shape
 
 BF16 = torch.bfloat16
@@ -79,9 +81,10 @@ def test_cpu_layout_is_the_default_on_cpu_and_explicit_cpu_layout_is_the_same():
     assert torch.equal(default.posterior_noise(shape), explicit.posterior_noise(shape))
 
 
-def test_cuda_layout_cannot_be_reproduced_on_cpu():
-    """§3: the CUDA Philox stream is not reproducible on CPU; the harness must refuse rather than substitute."""
-    rng = PreviewRng(3, "cpu", layout="cuda")
+def test_cuda_layout_on_cpu_is_the_philox_emulation():
+    """A CUDA-rendered preview's posterior on CPU: curand's Philox streams in the golden GPU's layout (§3.8)."""
+    rng = PreviewRng(3, "cpu", layout="cuda", grid=rng_grid(108, 2048))
     rng.initial_noise((1, 16, 1, 2, 2))  # the initial noise is a CPU draw in both layouts
-    with pytest.raises(ValueError, match="CUDA"):
-        rng.posterior_noise((1, 16, 1, 2, 2))
+    eps = rng.posterior_noise((1, 16, 1, 2, 2))
+    assert eps.dtype == BF16
+    assert torch.equal(eps.flatten(), torch.from_numpy(philox.cuda_randn(64, 3, 256)).bfloat16())

@@ -58,7 +58,17 @@ def effective_key(ctx: Context, knobs: RenderSettings) -> tuple:
         resize = "stretch"
     negative = s.negative_prompt if s.guidance_scale > 1.0 else None
     return (_schedule_key(p, s.sample_steps), p.posterior, p.cast_whole_bf16, s.seed, negative, _lora_key(ctx, knobs),
-            resize, knobs.quantization, knobs.merge_history)
+            resize, knobs.quantization, knobs.merge_history, _rng_key(knobs))
+
+
+def _rng_key(knobs: RenderSettings) -> int | None:
+    """The threads the posterior draw launches: grids that launch alike lay the noise out alike (§3.8)."""
+    from ..gpus import launch_threads
+    from ..render.rng import posterior_numel
+
+    if knobs.rng_grid is None or knobs.sampler.posterior != "sample":
+        return None
+    return launch_threads(posterior_numel(knobs.sample), knobs.rng_grid)
 
 
 def _schedule_key(p, steps: int) -> tuple:

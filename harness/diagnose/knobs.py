@@ -9,7 +9,7 @@ from ..engine import RenderSettings
 from ..errors import HarnessError
 
 FAMILIES = ("profile", "shift", "boundary", "lora", "multiplier", "merge", "posterior", "dtype", "seed", "negative",
-            "resize", "quantization", "merge-history")
+            "resize", "quantization", "merge-history", "gpu-layout")
 # the profile fields a variant may override one at a time, in the order `changes` lists them
 PROFILE_FIELDS = ("scheduler", "shift", "boundary", "unipc_sigmas", "posterior", "cast_whole_bf16")
 
@@ -63,6 +63,8 @@ def changes(base: RenderSettings, variant: RenderSettings) -> dict:
         out["resize"] = variant.resize
     if variant.merge_history != base.merge_history:
         out["merge_history"] = "replayed" if variant.merge_history else "pristine"
+    if variant.rng_grid != base.rng_grid:
+        out["rng_grid"] = variant.rng_grid
     if variant.quantization != base.quantization:
         plan = variant.quantization
         out["quantization"] = "bf16" if plan is None else plan.describe().get("transformer")

@@ -240,7 +240,7 @@ def _resize(target, base: RenderSettings, aitk_version: str | None = None) -> li
                     lambda k: replace(k, resize="stretch"), "the control image was stretched, as ai-toolkit does")]
 
 
-def _merge_history(target, base: RenderSettings) -> list[Variant]:
+def _merge_history(target, base: RenderSettings, aitk_version: str | None = None) -> list[Variant]:
     """The pristine base instead of the one ai-toolkit's earlier merged rounds left (§8.2): names that drift."""
     if not base.merge_history:
         return []
@@ -250,9 +250,36 @@ def _merge_history(target, base: RenderSettings) -> list[Variant]:
                     "the preview was rendered on the pristine base, without the residue of the earlier merged "
                     "rounds (the job was resumed or restarted before this round, which reloads the base, or those "
                     "rounds were not merged)")]
+def _gpu_layouts(target, base: RenderSettings, aitk_version: str | None = None) -> list[Variant]:
+    """The CUDA posterior noise as other GPUs lay it out (§3.8): only for a draw above some GPU's randn grid, and
+    only when the golden's stack does not say which GPU rendered it (then the layout is known, nothing to infer).
+
+    One variant per distinct layout of this draw (GPUs whose grids launch alike share it), the baseline's left out.
+    """
+    from ..gpus import grid_for_stack, gpus_by_layout, launch_threads
+    from ..render.rng import posterior_numel
+
+    if base.rng_grid is None or base.sampler.posterior != "sample" or grid_for_stack(target.golden_stack)[0]:
+        return []
+    numel = posterior_numel(base.sample)
+    layouts = gpus_by_layout(numel)
+    if len(layouts) < 2:
+        return []
+    mine = launch_threads(numel, base.rng_grid)
+    return [Variant(f"GPU layout {gpus[0].name}", "gpu-layout", f"posterior noise laid out as on {_gpu_list(gpus)} "
+                    f"({threads} CUDA threads instead of {mine})",
+                    lambda k, grid=gpus[0].grid: replace(k, rng_grid=grid),
+                    f"the golden was rendered on {_gpu_list(gpus)}: state `gpu_name: {gpus[0].name}` in its "
+                    "golden_stack.yaml (or gpu_sm_count / gpu_max_threads_per_sm)")
+            for threads, gpus in layouts.items() if threads != mine]
+
+
+def _gpu_list(gpus) -> str:
+    shown = ", ".join(g.describe() for g in gpus[:3])
+    return shown + (f" and {len(gpus) - 3} more" if len(gpus) > 3 else "")
 
 
 _BUILDERS = (("profile", _profiles), ("shift", _shifts), ("boundary", _boundaries), ("lora", _lora_off),
              ("multiplier", _multipliers), ("merge", _merge), ("posterior", _posterior), ("dtype", _dtype),
              ("seed", _seeds), ("negative", _negatives), ("quantization", _quantization), ("resize", _resize),
-             ("merge-history", _merge_history))
+             ("merge-history", _merge_history), ("gpu-layout", _gpu_layouts))

@@ -73,10 +73,12 @@ def decode(bundle: ModelBundle, latents: torch.Tensor) -> np.ndarray:
 
 @torch.no_grad()
 def render_sample(bundle: ModelBundle, sample: SampleSpec, control_image, profile: SamplerProfile,
-                  prompts: PromptCache | None = None, progress=None, rng_layout: str | None = None) -> Render:
+                  prompts: PromptCache | None = None, progress=None, rng_layout: str | None = None,
+                  rng_grid: int | None = None) -> Render:
     """Render one preview with whatever LoRA is currently applied to the bundle's experts.
 
-    ``rng_layout`` is the device type ai-toolkit rendered on (default: the device we render on).
+    ``rng_layout`` is the device type ai-toolkit rendered on (default: the device we render on); ``rng_grid`` the
+    CUDA randn grid of the golden's GPU (default: this GPU's own).
     """
     prompts = prompts or PromptCache()
     device = bundle.device
@@ -86,7 +88,7 @@ def render_sample(bundle: ModelBundle, sample: SampleSpec, control_image, profil
         if sample.guidance_scale > 1.0:
             uncond_embeds = prompts.get(bundle.tokenizer, bundle.text_encoder, sample.negative_prompt, device)
 
-    rng = PreviewRng(sample.seed, vae_device=device, layout=rng_layout)
+    rng = PreviewRng(sample.seed, vae_device=device, layout=rng_layout, grid=rng_grid)
     shape = latent_shape(sample.num_frames, sample.height, sample.width)
     latents = rng.initial_noise(shape).to(device)
     first_frame = image_to_tensor(control_image, device)
