@@ -1,5 +1,8 @@
 """Case files: one ai-toolkit job's previews frozen next to everything needed to re-render them.
 
+One cohesive thing: the case-file format (its schema, reading, per-field validation, and the previews it yields);
+importing an output folder as a case is :mod:`harness.case_import`.
+
 A nightly run must not depend on a training box that keeps deleting old checkpoints and previews, so a
 case keeps *copies* of the small things (previews, lossless frames, config, control images) and only
 *references* the big ones (LoRA checkpoints, base model). The file is YAML, read with ``safe_load``::
