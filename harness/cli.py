@@ -109,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     fpr = sub.add_parser("fingerprint", help="print this machine's numerics-deciding stack (keep it beside the job)")
     fpr.add_argument("--json", action="store_true", help="JSON instead of YAML")
     fpr.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N: the device the renders use")
-    fpr.add_argument("--threads", type=_reader(by_name("threads"), "fingerprint"), help="CPU threads to record (default: torch's current count)")
+    fpr.add_argument("--threads", type=_reader(by_name("threads"), "fingerprint"),
+                     help="CPU threads to record (default: torch's current count)")
 
     rep = sub.add_parser("report", help="write the HTML report from results JSON files (merges shards)")
     rep.add_argument("paths", nargs="+", type=Path, metavar="RESULTS", help="results.json files or --out folders")
@@ -125,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("targets", nargs="+", metavar="TARGET", help=TARGET_HELP)
     _add_options(cal, "calibrate")
     cal.add_argument("--perturb", choices=["attention", "threads"], help="also render under a perturbed stack")
-    cal.add_argument("--previews", type=_whole("--previews"), default=3, help="how many previews to calibrate on (default 3)")
+    cal.add_argument("--previews", type=_whole("--previews"), default=3,
+                     help="how many previews to calibrate on (default 3)")
     cal.add_argument("--margin-db", type=_finite("--margin-db"), default=3.0,
                      help="suggested PSNR minimum this far below the lowest observed (default 3.0)")
     cal.add_argument("--ssim-margin", type=_finite("--ssim-margin"), default=0.02,

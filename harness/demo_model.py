@@ -412,7 +412,8 @@ def write_combined_aitk_lora(path: str | Path, high: str | Path, low: str | Path
         with safe_open(str(source), framework="pt") as handle:
             meta = handle.metadata() or meta
             for key in handle.keys():
-                state[key.replace("diffusion_model.", f"diffusion_model.transformer_{number}.", 1)] = handle.get_tensor(key)
+                prefixed = key.replace("diffusion_model.", f"diffusion_model.transformer_{number}.", 1)
+                state[prefixed] = handle.get_tensor(key)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(path), metadata=meta)

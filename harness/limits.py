@@ -64,9 +64,13 @@ def check_depth(data, file, limit: int = MAX_DEPTH) -> None:
         node, depth = pending.pop()
         if isinstance(node, (dict, list)):
             if depth > limit:
-                raise HarnessError(file, None, f"nested more than {limit} levels deep; not a file this harness reads")
+                raise _too_deep(file, limit)
             children = node.values() if isinstance(node, dict) else node
             pending.extend((child, depth + 1) for child in children)
+
+
+def _too_deep(file, limit: int = MAX_DEPTH) -> HarnessError:
+    return HarnessError(file, None, f"nested more than {limit} levels deep; not a file this harness reads")
 
 
 def parse_yaml(text: str, file):
@@ -76,7 +80,7 @@ def parse_yaml(text: str, file):
     try:
         data = yaml.safe_load(text)
     except RecursionError:
-        raise HarnessError(file, None, f"nested more than {MAX_DEPTH} levels deep; not a file this harness reads") from None
+        raise _too_deep(file) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark is not None else "unknown line"
@@ -94,7 +98,7 @@ def parse_json(text: str, file):
     try:
         data = json.loads(text, parse_constant=no_constant)
     except RecursionError:
-        raise HarnessError(file, None, f"nested more than {MAX_DEPTH} levels deep; not a file this harness reads") from None
+        raise _too_deep(file) from None
     except json.JSONDecodeError as exc:
         raise HarnessError(file, f"line {exc.lineno} column {exc.colno}", f"JSON does not parse: {exc.msg}") from None
     except ValueError as exc:  # a NaN/Infinity token

@@ -127,7 +127,8 @@ def _read_npy(path: Path) -> Clip:
     try:
         header = np.load(path, mmap_mode="r", allow_pickle=False)  # the shape, before reading a byte of data
         if header.ndim in (3, 4):
-            check_frame_size(header.shape[-2], header.shape[-3], path, frames=header.shape[0] if header.ndim == 4 else 1)
+            frames = header.shape[0] if header.ndim == 4 else 1
+            check_frame_size(header.shape[-2], header.shape[-3], path, frames=frames)
         arr = np.array(header)
     except (OSError, ValueError, EOFError) as exc:
         raise HarnessError(path, None, f"cannot read .npy (truncated or corrupt?): {exc}") from None

@@ -165,7 +165,7 @@ class PreviewResult:
 
         if not isinstance(data, dict) or "key" not in data:
             raise HarnessError(source, None, "not a preview result (no 'key')")
-        if data.get("status") not in (*STATUSES, None):  # unknown would count as neither pass nor fail; missing: unknown
+        if data.get("status") not in (*STATUSES, None):  # would count as neither pass nor fail (missing: unknown)
             raise HarnessError(source, f"results[{data.get('key')}].status",
                                f"{data.get('status')!r} is not a result status ({', '.join(STATUSES)})")
         known = {f.name for f in fields(cls)}
@@ -204,7 +204,8 @@ def summary_line(results: list[PreviewResult]) -> str:
     compared nothing says so, so a green-looking line can never hide an empty check."""
     counts = summarize(results)
     words = (("pass", "passed"), ("fail", "failed"), ("unreproducible", "unreproducible"), ("error", "errors"))
-    line = ", ".join(f"{counts.get(status, 0)} {word}" for status, word in words) + f" ({counts['bit_exact']} bit-exact)"
+    line = ", ".join(f"{counts.get(status, 0)} {word}" for status, word in words)
+    line += f" ({counts['bit_exact']} bit-exact)"
     return line + (f"; {nothing_compared(results)}" if exit_code(results) == NOTHING_COMPARED else "")
 
 

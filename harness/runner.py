@@ -217,7 +217,8 @@ def run_targets(targets: list[PreviewTarget], options: RunOptions, on_result=Non
         result, changed = _reusable(earlier.get(target.key), engine, target)
         if result is None:
             result = run_one(engine, target)
-            result.notes += [f"re-rendered under --resume: the earlier result was made with other {changed}"] if changed else []
+            if changed:
+                result.notes.append(f"re-rendered under --resume: the earlier result was made with other {changed}")
             if options.out is not None:
                 write_json_atomic(result_file(options.out, target), result.to_json())
         results.append(result)

@@ -130,9 +130,9 @@ def unique(targets: list[PreviewTarget]) -> list[PreviewTarget]:
             seen[slot] = target
             kept.append(target)
         elif _golden_identity(other) != _golden_identity(target):
-            raise HarnessError(target.source, "name", f"preview {target.key} is also a preview of {other.source}: their "
-                               "results and renders would overwrite each other in --out; give one of them another "
-                               "name (the case's `name:`, or `wan-parity import --name`)")
+            raise HarnessError(target.source, "name", f"preview {target.key} is also a preview of {other.source}: "
+                               "their results and renders would overwrite each other in --out; give one of them "
+                               "another name (the case's `name:`, or `wan-parity import --name`)")
     return kept
 
 

@@ -726,6 +726,8 @@ HOSTILE_LINE_CASES = {
     "seed_2_pow_70": (set_item("seed", 2 ** 70), "samples[0].seed", ["torch.manual_seed", "2**64-1"]),
     "seed_below_int64": (set_block("seed", -(2 ** 63) - 1), "sample.seed", ["torch.manual_seed"]),
     "seed_flag_2_pow_70": (set_item("prompt", f"a kite --seed {2 ** 70}"), "samples[0].prompt", ["torch.manual_seed"]),
+    "multiplier_nan": (set_item("network_multiplier", float("nan")), "samples[0].network_multiplier", ["finite"]),
+    "multiplier_flag_inf": (set_item("prompt", "a kite --m inf"), "samples[0].prompt", ["finite"]),
     "yaml_nested_deep": (raw_config("a: " + _nested(5000) + "\n"), "", ["nested more than"]),
     "yaml_nested_64_plus": (raw_config("a: " + _nested(80) + "\n"), "", ["nested more than 64"]),
 }

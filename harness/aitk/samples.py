@@ -193,7 +193,8 @@ def _sources(where: str, item: dict, block: dict, flagged: set) -> dict:
     """Which config field each checked value came from, so an error points at the line to edit."""
     block_field = where.rsplit(".", 1)[0]
     out = {}
-    for key in ("width", "height", "num_frames", "sample_steps", "fps", "guidance_scale", "seed"):
+    keys = ("width", "height", "num_frames", "sample_steps", "fps", "guidance_scale", "seed", "network_multiplier")
+    for key in keys:
         if key in flagged:
             out[key] = f"{where}.prompt"
         elif key in item or key not in block:
@@ -213,6 +214,9 @@ def _validate(job: AitkJob, s: dict, fields: dict) -> None:
     if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g):
         raise HarnessError(job.path, fields["guidance_scale"], f"must be a finite number, got {g!r}")
     s["guidance_scale"] = float(g)
+    m = s["network_multiplier"]
+    if not math.isfinite(m):  # ai-toolkit would render NaN frames with it
+        raise HarnessError(job.path, fields["network_multiplier"], f"must be a finite number, got {m!r}")
 
 
 def _whole(job: AitkJob, value: Any, field: str, allow_negative: bool) -> int:

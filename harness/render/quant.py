@@ -198,8 +198,8 @@ def quantization_plan(model_block: dict, aitk_version: str | None, ara_path: str
     elif qtype in UINTX_BITS and qtype != "uint8" and (qtype != VERIFIED_UINTX or not ara_source or not quantize):
         approximate.append(f"{qtype}{'' if ara_source and quantize else ' without an ARA'}: plain-torch "
                            f"re-implementation of torchao 0.10 UIntXWeightOnlyConfig (asymmetric, group {UINTX_GROUP}; "
-                           "matched torchao 0.10.0 bit for bit on CPU); whole previews were verified against ai-toolkit "
-                           f"for {VERIFIED_UINTX} with an ARA only (oracle case_h)")
+                           "matched torchao 0.10.0 bit for bit on CPU); whole previews were verified against "
+                           f"ai-toolkit for {VERIFIED_UINTX} with an ARA only (oracle case_h)")
     if qtype == "uint8":
         notes.append("qtype uint8 never quantized anything in ai-toolkit (torchao 0.10 raised, caught); weights stay bf16")
 
@@ -355,6 +355,9 @@ def read_ara(path: str | Path) -> dict[str, dict[str, tuple[torch.Tensor, torch.
     for key, tensor in tensors.items():
         if key.endswith(".alpha"):
             continue  # ai-toolkit forces alpha = rank for transformers: scale 1
+        if not tensor.is_floating_point():
+            kind = str(tensor.dtype).replace("torch.", "")
+            raise HarnessError(path, key, f"is {kind}; an ARA holds float LoRA weights")
         match = _ARA_KEY.match(key)
         if not match:
             unmatched.append(key)
