@@ -17,6 +17,7 @@ from harness.numbers import from_json
 from harness.report import (attach_baseline, build_report, compare_to_baseline, regression_count, report_main,
                             write_report)
 from harness.report.baseline import classify
+from harness.report.html import player_script
 from harness.result import SCHEMA_VERSION, PreviewResult
 
 HOSTILE = "<script>alert('nightly')</script>"
@@ -249,7 +250,8 @@ def test_report_with_baseline_shows_regressions_first_and_escapes(tmp_path):
     top = page.section("regressions")
     assert hostile_key in top and "lost bit-exactness" in top and "standing failures (1)" in top
     assert HOSTILE not in raw and "&lt;script&gt;alert(" in raw
-    assert not [t for t, _ in page.tags if t == "script"]
+    assert [t for t, _ in page.tags if t == "script"] == ["script"]  # the player, by its hash; nothing injected
+    assert f"<script>{player_script()[0]}</script>" in raw
     assert not [a for _, a in page.tags if any(k.startswith("on") for k in a)]
     headers = [d.strip() for d in page.text.get("summary", [])]
     assert "vs baseline" in headers

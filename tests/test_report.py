@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import replace
@@ -18,6 +19,7 @@ from harness.errors import HarnessError
 from harness.media import read_frames, write_like_aitk
 from harness.metrics import compare_clips, verdict
 from harness.report import merge_documents, report_main, write_report
+from harness.report.html import player_script
 from harness.report.knobs import config_diff, summarize_trace
 from harness.result import PreviewResult, results_document
 
@@ -121,12 +123,14 @@ class Page(HTMLParser):
         self.tags.append((tag, attrs))
         if tag == "section" and attrs.get("id"):
             self.current = attrs["id"]
-            self.sections[self.current] = {"imgs": [], "text": [], "class": attrs.get("class", "")}
+            self.sections[self.current] = {"imgs": [], "text": [], "tags": [], "class": attrs.get("class", "")}
             self.depth = 0
         elif tag == "section":
             self.depth += 1
         if tag == "img" and self.current:
             self.sections[self.current]["imgs"].append(attrs)
+        if self.current:
+            self.sections[self.current]["tags"].append((tag, attrs))
 
     def handle_endtag(self, tag):
         if tag == "section":
@@ -175,6 +179,18 @@ def test_report_has_every_section_and_links(document, tmp_path):
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.endswith(".tmp")]
 
 
+def _check_asset(data: bytes, suffix: str) -> None:
+    """An asset decodes: raster images through Pillow, the SVG curves as XML."""
+    import io
+    import xml.etree.ElementTree as ET
+
+    if suffix == ".svg":
+        assert ET.fromstring(data).tag.endswith("svg")
+        return
+    with Image.open(io.BytesIO(data)) as im:
+        im.verify()
+
+
 def test_pictures_are_present_and_decodable(document, tmp_path):
     out = write_report(document, tmp_path / "out")
     _, page = _parse(out)
@@ -183,12 +199,12 @@ def test_pictures_are_present_and_decodable(document, tmp_path):
     for attrs in imgs:
         src = attrs["src"]
         assert src.startswith("report_assets/") and ".." not in src
-        with Image.open(out.parent / src) as im:
-            im.verify()
+        _check_asset((out.parent / src).read_bytes(), Path(src).suffix)
         assert attrs.get("alt")
     exact = page.sections["p0"]["imgs"]
-    assert len(exact) >= 3 + 3 + 1  # golden/render/diff strips, worst-frame triple, curves
-    with Image.open(out.parent / exact[0]["src"]) as im:  # strips stay light: ≤ 160 px thumbnails + border
+    assert len(exact) >= 3 + 3 + 3 + 1  # player panels, golden/render/diff strips, worst-frame triple, curves
+    strip = next(a for a in exact if "strip-golden" in a["src"])
+    with Image.open(out.parent / strip["src"]) as im:  # strips stay light: ≤ 160 px thumbnails + border
         assert im.height <= 160 + 4
 
 
@@ -210,7 +226,8 @@ def test_user_strings_are_escaped(document, tmp_path):
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in raw
     assert "<img src=x" not in raw and "<b>bold</b>" not in raw
     assert "&#34;&gt;&lt;img src=x onerror=" in raw or "&quot;&gt;&lt;img src=x onerror=" in raw
-    assert not [t for t, _ in page.tags if t == "script"]
+    assert [t for t, _ in page.tags if t == "script"] == ["script"]  # only the player, allowed by its hash
+    assert f"<script>{player_script()[0]}</script>" in raw
     assert not [a for t, a in page.tags if any(k.startswith("on") for k in a)]
     assert SCRIPT in page.section_text("p0")  # the prompt is shown, as text
     assert IMG_ATTACK in page.section_text("p1")
@@ -228,6 +245,8 @@ def test_no_network_resources(document, tmp_path):
     assert "@import" not in raw and "url(" not in raw
     csp = [a for t, a in page.tags if t == "meta" and a.get("http-equiv") == "Content-Security-Policy"]
     assert csp and "default-src 'none'" in csp[0]["content"]
+    assert f"script-src '{player_script()[1]}';" in csp[0]["content"]  # one script, by hash: no 'unsafe-inline'
+    assert "'unsafe-inline'" not in csp[0]["content"].split("script-src", 1)[1].split(";", 1)[0]
 
 
 def test_missing_render_and_mismatch_are_reported_not_raised(document, tmp_path):
@@ -249,17 +268,34 @@ def test_error_and_unreproducible_show_message_without_pictures(document, tmp_pa
     assert "error" in page.sections["p4"]["class"] and "unreproducible" in page.sections["p5"]["class"]
 
 
-def test_inline_mode_embeds_pictures(document, tmp_path):
-    out = write_report(document, tmp_path / "out", inline=True)
-    _, page = _parse(out)
-    imgs = [a["src"] for t, a in page.tags if t == "img"]
-    assert imgs and all(s.startswith("data:image/png;base64,") for s in imgs)
-    assert not (tmp_path / "out" / "report_assets").exists()
-    import base64
-    import io
+DATA_URI = re.compile(r"^data:image/(png|jpeg|webp|svg\+xml);base64,([A-Za-z0-9+/=]+)$")
 
-    with Image.open(io.BytesIO(base64.b64decode(imgs[0].split(",", 1)[1]))) as im:
-        im.verify()
+
+def _data_uri_assets(page: Page) -> list[tuple[str, bytes]]:
+    """(suffix, bytes) of every img src and link href that is a data: URI; asserts there is nothing else."""
+    import base64
+
+    found = []
+    for tag, attrs in page.tags:
+        for name in ("src", "href"):
+            value = attrs.get(name)
+            if value is None or (name == "href" and value.startswith("#")):
+                continue
+            match = DATA_URI.match(value)
+            assert match, (tag, name, value[:80])
+            suffix = {"png": ".png", "jpeg": ".jpg", "webp": ".webp", "svg+xml": ".svg"}[match.group(1)]
+            found.append((suffix, base64.b64decode(match.group(2))))
+    return found
+
+
+def test_inline_mode_embeds_pictures(document, tmp_path):
+    out = write_report(document, tmp_path / "out", inline=True)  # the older name of self_contained
+    _, page = _parse(out)
+    assets = _data_uri_assets(page)
+    assert {suffix for suffix, _ in assets} == {".png", ".jpg", ".webp", ".svg"}
+    assert not (tmp_path / "out" / "report_assets").exists()
+    for suffix, data in assets:
+        _check_asset(data, suffix)
 
 
 def test_rewriting_replaces_assets_of_the_earlier_run(document, tmp_path):
@@ -379,31 +415,125 @@ def test_relative_paths_resolve_against_the_results_folder(document, tmp_path):
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (CI: apt-get install chromium)")
-def test_chromium_renders_escaped_text_and_runs_nothing(document, tmp_path):
-    out = write_report(document, tmp_path / "out")
-    profile = tmp_path / "chrome-profile"
+def _chromium(page: Path, tmp_path: Path, virtual_ms: int = 0) -> tuple[str, str]:
+    """(DOM after load and ``virtual_ms`` of virtual time, stderr) of headless chromium, or skip the test."""
     cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-           "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
-           "--enable-logging=stderr", "--v=0", "--dump-dom", out.resolve().as_uri()]
+           "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'chrome'}",
+           "--enable-logging=stderr", "--v=0", *([f"--virtual-time-budget={virtual_ms}"] if virtual_ms else []),
+           "--dump-dom", page.resolve().as_uri()]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     except subprocess.TimeoutExpired:
         pytest.skip("chromium did not finish within 120 s")
-    dom = proc.stdout
-    if proc.returncode != 0 or "<html" not in dom:
+    if proc.returncode != 0 or "<html" not in proc.stdout:
         pytest.skip(f"chromium could not run here (rc {proc.returncode}): {proc.stderr[-300:]}")
+    return proc.stdout, proc.stderr
+
+
+def _console_problems(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if "CONSOLE" in line or "Content Security Policy" in line
+            or "Refused to" in line or "Uncaught" in line]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (CI: apt-get install chromium)")
+def test_chromium_renders_escaped_text_and_runs_only_the_player(document, tmp_path):
+    out = write_report(document, tmp_path / "out")
+    dom, stderr = _chromium(out, tmp_path)
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in dom
-    assert "<script" not in dom.lower()
+    assert dom.lower().count("<script") == 1  # the player; no payload became a script
     assert "XSS" not in dom.split("</title>")[0]  # neither payload changed the title
     parsed = Page()
     parsed.feed(dom)
     assert not [a for t, a in parsed.tags if any(k.startswith("on") for k in a)]
     assert not [a for t, a in parsed.tags if t == "img" and a.get("src") == "x"]
     assert SCRIPT in " ".join(parsed.text)
-    console = [line for line in proc.stderr.splitlines() if "CONSOLE" in line or "Content Security Policy" in line
-               or "Refused to" in line or "Uncaught" in line]
-    assert not console, console
+    players = [a for t, a in parsed.tags if t == "div" and "player" in (a.get("class") or "").split()]
+    assert players and all(a.get("data-ready") == "true" for a in players)  # the CSP let the player run
+    assert not _console_problems(stderr), _console_problems(stderr)
+
+
+# Runs after the player (appended to a copy of the page, allowed by its own hash): plays, samples what every panel
+# shows, pauses, steps and seeks, and writes the samples into the DOM for --dump-dom.
+PLAYER_PROBE = """(function () {
+  var player = document.querySelector("#p1 .player");
+  var samples = [];
+  function state(what) {
+    var panels = Array.prototype.map.call(player.querySelectorAll("[data-panel]"), function (f) {
+      return [f.getAttribute("data-panel"), Number(f.getAttribute("data-frame")), f.querySelector("img").style.objectPosition];
+    });
+    samples.push({what: what, frame: Number(player.getAttribute("data-frame")), panels: panels,
+                  label: player.querySelector("output").textContent, playing: player.getAttribute("data-playing")});
+  }
+  function click(action) { player.querySelector("[data-action=" + action + "]").click(); }
+  state("loaded");
+  click("play");
+  var ticks = 0;
+  var sampler = setInterval(function () {
+    state("playing");
+    if (++ticks < 12) { return; }
+    clearInterval(sampler);
+    click("play");
+    state("paused");
+    click("next");
+    state("next");
+    click("prev");
+    click("prev");
+    state("prev");
+    var slider = player.querySelector("input[type=range]");
+    slider.value = "3";
+    slider.dispatchEvent(new Event("input"));
+    state("seek");
+    var pre = document.createElement("pre");
+    pre.id = "probe";
+    pre.textContent = JSON.stringify(samples);
+    document.body.appendChild(pre);
+  }, 45);
+})();"""
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (CI: apt-get install chromium)")
+def test_chromium_plays_golden_and_render_in_step(document, tmp_path):
+    import base64
+    import hashlib
+    import html as html_mod
+
+    out = write_report(document, tmp_path / "out")
+    raw = out.read_text(encoding="utf-8")
+    probe_hash = "sha256-" + base64.b64encode(hashlib.sha256(PLAYER_PROBE.encode()).digest()).decode()
+    ours = f"script-src '{player_script()[1]}';"
+    assert raw.count(ours) == 1
+    probed = raw.replace(ours, f"script-src '{player_script()[1]}' '{probe_hash}';")
+    probed = probed.replace("</body>", f"<script>{PLAYER_PROBE}</script></body>")
+    page = out.parent / "probe.html"
+    page.write_text(probed, encoding="utf-8")
+    dom, stderr = _chromium(page, tmp_path, virtual_ms=3000)
+    found = re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S)
+    assert found, _console_problems(stderr) or dom[-500:]
+    samples = json.loads(html_mod.unescape(found.group(1)))
+    _, parsed = _parse(out)
+    tags = parsed.sections["p1"]["tags"]
+    player = next(a for t, a in tags if t == "div" and a.get("class") == "player")
+    frames, cols = int(player["data-frames"]), int(player["data-cols"])
+    golden = next(a for t, a in tags if t == "img" and "motion-golden" in a["src"])
+    w, h = int(golden["width"]), int(golden["height"])
+    by_what = {}
+    for s in samples:
+        kinds = [p[0] for p in s["panels"]]
+        assert kinds == ["golden", "render", "diff"]
+        assert {p[1] for p in s["panels"]} == {s["frame"]}, s  # every panel on the player's frame, always
+        f = s["frame"]  # and every panel shows that frame's cell of its sheet
+        assert {p[2] for p in s["panels"]} == {f"{-(f % cols) * w}px {-(f // cols) * h}px".replace("-0px", "0px")}, s
+        assert s["label"] == f"frame {f} / {frames - 1}"
+        by_what.setdefault(s["what"], []).append(s)
+    assert by_what["loaded"][0]["frame"] == 0
+    assert all(s["playing"] == "true" for s in by_what["playing"])
+    assert len({s["frame"] for s in by_what["playing"]}) >= 3  # it moved on, through several frames
+    paused = by_what["paused"][0]
+    assert paused["playing"] == "false"
+    assert by_what["next"][0]["frame"] == (paused["frame"] + 1) % frames  # stepping moves every panel
+    assert by_what["prev"][0]["frame"] == (paused["frame"] - 1) % frames
+    assert by_what["seek"][0]["frame"] == 3
+    assert not _console_problems(stderr), _console_problems(stderr)
 
 
 def test_diff_thumbnails_keep_single_pixel_differences():

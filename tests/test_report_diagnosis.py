@@ -12,6 +12,7 @@ import pytest
 from harness import diagnose as dg
 from harness.errors import HarnessError
 from harness.report import build_report, write_diagnosis_report, write_report
+from harness.report.html import player_script
 from harness.options import RunOptions
 from tests.test_report import ENV, IMG_ATTACK, SCRIPT, Page, make_document
 
@@ -68,7 +69,9 @@ def _parse(path: Path) -> tuple[str, Page]:
 
 def _assert_safe(raw: str, page: Page) -> None:
     assert SCRIPT not in raw and "<img src=x" not in raw
-    assert not [t for t, _ in page.tags if t in ("script", "iframe", "object", "embed", "link")]
+    assert not [t for t, _ in page.tags if t in ("iframe", "object", "embed", "link")]
+    scripts = [t for t, _ in page.tags if t == "script"]  # none, or only the report's player (allowed by its hash)
+    assert not scripts or (scripts == ["script"] and f"<script>{player_script()[0]}</script>" in raw)
     assert not [a for _, a in page.tags if any(k.startswith("on") for k in a)]
     for _, attrs in page.tags:
         for name in ("src", "href"):

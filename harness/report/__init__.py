@@ -2,6 +2,8 @@
 ``build_report`` / ``report_main`` for ``wan-parity report RESULTS.json... --out DIR [--baseline PREVIOUS.json]``,
 ``compare_to_baseline`` for night-over-night regressions, ``write_diagnosis_report`` for ``wan-parity diagnose``
 (``write_report(..., diagnosis=...)`` shows the same drift-diagnosis blocks next to the results).
+Both page writers take ``self_contained`` (one file, every asset inlined), ``max_pictures`` (how many previews get
+pictures, those most in need first) and ``progress(done, total)``.
 
 Documents stay JSON at these entry points (shards and baselines are files); every module reads the results in them
 as :class:`harness.result.PreviewResult` records, through :func:`harness.result.results_of`."""

@@ -11,8 +11,10 @@ from pathlib import Path
 from ..errors import HarnessError
 from ..fsutil import write_json_atomic
 from . import baseline as baseline_mod
+from .batch import gc_paused
 from .documents import load_baseline, load_shards, merge_shards
 from .html import write_report
+from .pictures import DEFAULT_LIMIT
 
 
 @dataclass
@@ -50,28 +52,36 @@ def _with_baseline(merged: dict, baseline, psnr_drop_db: float) -> dict:
     return baseline_mod.attach_baseline(merged, comparison, source=str(baseline))
 
 
-def build_report(paths, out_dir, baseline=None, psnr_drop_db: float = 1.0, *, inline: bool = False,
-                 diagnosis=None) -> ReportOutcome:
+def build_report(paths, out_dir, baseline=None, psnr_drop_db: float = 1.0, *, self_contained: bool = False,
+                 inline: bool = False, diagnosis=None, max_pictures: int | None = DEFAULT_LIMIT,
+                 progress=None) -> ReportOutcome:
     """``wan-parity report RESULTS.json... --out DIR [--baseline PREVIOUS.json]``.
 
     Loads and merges the inputs, compares them with ``baseline`` when given (see
     :func:`harness.report.baseline.compare_to_baseline`), writes ``DIR/report.html`` and, with several inputs
     or a baseline, ``DIR/results.merged.json`` (the merged document with the comparison attached: keep it as
     the next night's baseline). ``diagnosis`` (a diagnosis.json path or document) adds the drift-diagnosis blocks.
+    ``self_contained``, ``max_pictures`` and ``progress(done, total)`` are :func:`~harness.report.html.write_report`'s.
     Problems with the inputs raise :class:`~harness.errors.HarnessError` (a file that is not a readable results
     document names itself).
     """
     if not paths:
         raise HarnessError(None, "report", "give at least one results JSON file or output folder")
+    with gc_paused():
+        return _build(paths, Path(out_dir), baseline, psnr_drop_db, self_contained or inline, diagnosis, max_pictures,
+                      progress)
+
+
+def _build(paths, out_dir: Path, baseline, psnr_drop_db, self_contained, diagnosis, max_pictures, progress):
     shards, dirs = load_shards(paths)
     merged = merge_shards(shards)
     if baseline is not None:
         merged = _with_baseline(merged, baseline, psnr_drop_db)
-    out_dir = Path(out_dir)
     merged_path = None
     if len(shards) > 1 or baseline is not None:
         merged_path = write_json_atomic(out_dir / "results.merged.json", merged)
-    page = write_report(merged, out_dir, inline=inline, search_dirs=list(dict.fromkeys(dirs)), diagnosis=diagnosis)
+    page = write_report(merged, out_dir, self_contained=self_contained, search_dirs=list(dict.fromkeys(dirs)),
+                        diagnosis=diagnosis, max_pictures=max_pictures, progress=progress)
     info = merged.get("baseline") or {}
     return ReportOutcome(path=page, document=merged, regression_count=baseline_mod.regression_count(merged),
                          missing_count=len(info.get("missing") or []), merged_path=merged_path)

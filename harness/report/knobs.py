@@ -5,6 +5,10 @@ Each row is one drift knob. ``this render`` is derived from the result (and its 
 of stacks people load these LoRAs into. A cell is marked as drift when its value differs from ai-toolkit's,
 so a reader sees at a glance which settings must be matched to reproduce a training preview elsewhere.
 
+The ``ai-toolkit`` column is the golden's job: its era comes from the job's ai-toolkit version when the result
+records it (:func:`~harness.report.sampling.job_profile`), not from the profile the render was forced to, so a
+``--profile`` other than the job's marks the sampler rows as differing (:attr:`KnobRow.mark`, "≠" on the page).
+
 Values marked ``UNVERIFIED`` are carried over unverified from PARITY.md/ANCHORS.md.
 """
 
@@ -15,7 +19,7 @@ from typing import Callable, Optional, Union
 
 from ..result import PreviewResult
 from .format import fmt_num
-from .sampling import profile_info, summarize_trace
+from .sampling import job_profile, profile_info, summarize_trace
 
 STACKS = (
     ("diffusers", "diffusers WanImageToVideoPipeline"),
@@ -30,6 +34,9 @@ _AITK_ERA = {
     "aitk-unipc": ("unipc", 3.0, "new"),
     "aitk-unipc-old": ("unipc", 3.0, "old"),
 }
+
+
+MARKS = ("differs", "same", "unknown")  # KnobRow.mark, also the rows' CSS classes
 
 
 @dataclass
@@ -52,8 +59,18 @@ class KnobRow:
         return bool(self.render.drift)
 
     @property
+    def mark(self) -> str:
+        """One of :data:`MARKS`: whether the render's value differs from the golden's job (the ai-toolkit column)."""
+        return "unknown" if self.render.drift is None else ("differs" if self.render.drift else "same")
+
+    @property
     def drift_count(self) -> int:
         return sum(1 for c in self.stacks.values() if c.drift)
+
+    def key(self) -> tuple:
+        """Everything the table shows of this row: equal keys draw equal rows (the page renders a table once)."""
+        return (self.knob, self.section, self.render.text, self.render.drift, self.aitk.text, self.effect,
+                tuple((k, c.text, c.drift) for k, c in self.stacks.items()))
 
 
 def _shift(value) -> str:
@@ -94,7 +111,7 @@ class _Job:
         self.result = result
         self.env = environment or {}
         self.profile = profile_info(result)
-        self.era = _AITK_ERA.get((self.profile.name or "").split("+", 1)[0])
+        self.era = _AITK_ERA.get(job_profile(result) or "")
         self.aitk_scheduler, self.aitk_shift, self.aitk_sigmas = self.era if self.era else (None, None, None)
         self.trace = summarize_trace(result.trace)
         self.steps = result.sample_steps
@@ -167,9 +184,12 @@ def _sampler_text(scheduler, sigmas=None) -> str:
 
 
 def _sampler(job: _Job) -> Cell:
+    """The scheduler and, for UniPC, its sigma grid (ai-toolkit's two UniPC eras differ only there)."""
     p = job.profile
-    text = _sampler_text(p.scheduler, p.unipc_sigmas if p.scheduler == "unipc" else None)
-    return Cell(text, _same(p.scheduler, job.aitk_scheduler))
+    sigmas = p.unipc_sigmas if p.scheduler == "unipc" else None
+    drift = None if p.scheduler is None or job.aitk_scheduler is None else (
+        (p.scheduler, sigmas) != (job.aitk_scheduler, job.aitk_sigmas))
+    return Cell(_sampler_text(p.scheduler, sigmas), drift)
 
 
 def _multiplier(job: _Job) -> Cell:

@@ -2,10 +2,12 @@
 
 Results record the profile's name (possibly with ``+key=value`` overrides) and the trace of transformer calls;
 the report expands both into the settings and the step schedule that the config diff compares with other stacks.
+:func:`job_profile` tells the profile the golden's job implies apart from the one the render was forced to.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from ..result import PreviewResult
@@ -54,6 +56,43 @@ def profile_info(result: PreviewResult) -> ProfileInfo:
             if hasattr(info, key) and key != "name":
                 setattr(info, key, value)
     return info
+
+
+_VERSION_NOTES = (re.compile(r"^ai-toolkit (\S+) from the LoRA metadata$"), re.compile(r": the other sampler of (\S+)$"))
+_FORCED_NOTE = re.compile(r"^profile \S+ chosen explicitly$")
+
+
+def job_version(result: PreviewResult) -> str | None:
+    """The job's ai-toolkit version as the result records it: in its quantization plan, or the auto choice's note."""
+    plan = result.quantization if isinstance(result.quantization, dict) else {}
+    if plan.get("aitk_version") and not plan.get("aitk_version_assumed"):
+        return str(plan["aitk_version"])
+    for note in result.notes or []:
+        for pattern in _VERSION_NOTES:
+            found = pattern.search(str(note))
+            if found:
+                return found.group(1)
+    return None
+
+
+def job_profile(result: PreviewResult) -> str | None:
+    """The profile ai-toolkit's own sampler used for the golden, as far as the result tells; None when unknown.
+
+    A profile forced with ``--profile`` (or a case's ``profile:``) says nothing about the job, so the job's
+    ai-toolkit version decides when it is recorded; otherwise an automatically chosen profile is the job's own.
+    """
+    from harness.render.profiles import alternative_profiles, profile_for_aitk_version
+
+    rendered = (result.profile or "").split("+", 1)[0]
+    version = job_version(result)
+    if version:
+        candidates = [profile_for_aitk_version(version)[0].name] + [p.name for p in alternative_profiles(version)]
+        if rendered in candidates:  # an ambiguous version: the render kept the sampler that matched
+            return rendered
+        return candidates[0] if len(candidates) == 1 else None
+    if any(_FORCED_NOTE.match(str(note)) for note in result.notes or []):
+        return None
+    return rendered or None
 
 
 def _apply_override(info: ProfileInfo, key: str, value: str) -> None:

@@ -11,9 +11,11 @@ from dataclasses import dataclass, field
 from ..result import STATUSES, PreviewResult, results_of
 from . import baseline as baseline_mod
 from . import diagnosis as dmod
-from .assets import Assets, PreviewPictures, draw_preview
+from .assets import Assets
+from .drawing import draw_all
 from .format import INFINITY, NO_VALUE, css_class, environment_rows, fmt_metric, fmt_optional, fmt_value, quality_cells
 from .knobs import config_diff
+from .pictures import DEFAULT_LIMIT, PreviewPictures, drawing_order, has_media, skipped_note
 from .sampling import profile_info, summarize_trace
 
 
@@ -34,6 +36,7 @@ class Section:
     trace_text: str = ""
     trace_steps: list[tuple[int, str, str]] = field(default_factory=list)
     knobs: list = field(default_factory=list)
+    knobs_differ: int = 0  # config-diff rows where the render departs from the golden's job
     approximate: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     stack_reason: str = ""  # why exactness is (not) expected on this stack
@@ -116,9 +119,9 @@ def _profile_line(r: PreviewResult) -> str:
     return " — ".join(bits)
 
 
-def build_section(index: int, r: PreviewResult, environment: dict, assets: Assets, search_dirs,
-                  baseline_entry: dict | None = None) -> Section:
-    """One preview's section; errors and unreproducible previews get their message and settings only."""
+def build_section(index: int, r: PreviewResult, environment: dict, baseline_entry: dict | None = None) -> Section:
+    """One preview's section without pictures (:func:`build_sections` adds them); errors and unreproducible
+    previews get their message and settings only."""
     status = r.status or "unknown"
     sec = Section(id=f"p{index}", index=index, result=r, status=str(status), status_class=css_class(status, STATUSES),
                   key=str(r.key or f"(result {index})"), message=fmt_optional(r.message))
@@ -137,12 +140,9 @@ def build_section(index: int, r: PreviewResult, environment: dict, assets: Asset
     sec.trace_text = trace.text()
     sec.trace_steps = [(i, e, f"{t:.4f}") for i, (e, t) in enumerate(trace.steps)]
     sec.knobs = config_diff(r, environment)
+    sec.knobs_differ = sum(1 for k in sec.knobs if k.mark == "differs")
     sec.metrics = _metrics_rows(r)
     sec.show_images = True
-    try:
-        draw_preview(sec.pictures, r, index, sec.key, assets, search_dirs, sec.problems)
-    except Exception as exc:  # never lose the whole report to one preview's pictures
-        sec.problems.append(f"pictures: could not be drawn ({type(exc).__name__}: {exc})")
     return sec
 
 
@@ -285,16 +285,46 @@ def attach_diagnoses(diagnosis: dict | None, sections: list[Section]) -> dict | 
     }
 
 
-def report_view(document: dict, assets: Assets, search_dirs=(), diagnosis: dict | None = None) -> dict:
+def build_sections(results: list[PreviewResult], entries: list, environment: dict, assets: Assets, search_dirs,
+                   max_pictures: int | None = DEFAULT_LIMIT, progress=None) -> list[Section]:
+    """Every result's section; pictures for the ``max_pictures`` most in need (see :func:`.pictures.drawing_order`),
+    drawn by :func:`.drawing.draw_all`.
+
+    ``progress(done, total)`` is called once per section as it is finished: those without pictures first.
+    """
+    urgent = {i for i, e in enumerate(entries) if isinstance(e, dict) and e.get("category") == baseline_mod.REGRESSION}
+    chosen = drawing_order(results, urgent, max_pictures)
+    sections, done = [], 0
+    for i, (r, entry) in enumerate(zip(results, entries)):
+        sec = build_section(i, r, environment, entry)
+        sections.append(sec)
+        if i in chosen:
+            continue
+        if sec.show_images and has_media(r):
+            sec.pictures.skipped = skipped_note(max_pictures)
+        done += 1
+        if progress is not None:
+            progress(done, len(results))
+    for i, pictures, problems in draw_all([(i, results[i], sections[i].key) for i in sorted(chosen)], assets,
+                                          search_dirs):
+        sections[i].pictures = pictures
+        sections[i].problems.extend(problems)
+        done += 1
+        if progress is not None:
+            progress(done, len(results))
+    return sections
+
+
+def report_view(document: dict, assets: Assets, search_dirs=(), diagnosis: dict | None = None,
+                max_pictures: int | None = DEFAULT_LIMIT, progress=None) -> dict:
     """Template data of ``report.html`` except the page's title line (see :mod:`harness.report.html`).
 
     The results are read once here, as :class:`~harness.result.PreviewResult` records (any readable schema).
     """
     results = results_of(document)
     entries = baseline_mod.regression_entries(document)
-    environment = document.get("environment") or {}
-    sections = [build_section(i, r, environment, assets, search_dirs, entry)
-                for i, (r, entry) in enumerate(zip(results, entries))]
+    sections = build_sections(results, entries, document.get("environment") or {}, assets, search_dirs,
+                              max_pictures, progress)
     diagnosed = attach_diagnoses(diagnosis, sections)
     c = counts(results)
     return {
