@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .compare import Golden, Verdict, compare_to_golden, read_golden
 from .engine import Engine, RenderOutcome, profile_settings
+from .envelope import envelope_for, thresholds_from
 from .errors import HarnessError, NonFiniteError
 from .fsutil import write_json_atomic
 from .numbers import fmt_db
@@ -21,11 +22,13 @@ from .result import PreviewResult
 from .spec import PreviewTarget
 
 
-def effective_thresholds(thresholds, match):
-    """The preview's thresholds (defaults for the encoded view) with ``require_bit_exact: auto`` decided."""
+def effective_thresholds(thresholds, match, envelope=None):
+    """The preview's thresholds (defaults for the encoded view) with ``require_bit_exact: auto`` decided; where
+    exactness is not expected, a measured ``envelope`` (harness.envelope) replaces the fixed PSNR/SSIM minimums."""
     from .metrics import ENCODED_VIEW
 
-    return (thresholds or ENCODED_VIEW).resolved(match.exact_expected)
+    resolved = (thresholds or ENCODED_VIEW).resolved(match.exact_expected)
+    return resolved if match.exact_expected else thresholds_from(resolved, envelope)
 
 
 def base_result(target: PreviewTarget) -> PreviewResult:
@@ -53,6 +56,7 @@ def run_one(engine: Engine, target: PreviewTarget) -> PreviewResult:
         return result
     try:
         golden = read_golden(target)
+        envelope = envelope_for(target)
         outcome = engine.render(target, engine.baseline(target))
     except HarnessError as exc:
         result.status, result.message = "error", _error_line(exc, target)
@@ -63,9 +67,11 @@ def run_one(engine: Engine, target: PreviewTarget) -> PreviewResult:
             raise
         result.status, result.message = "error", error.line()
         return result
-    thresholds = effective_thresholds(target.thresholds, outcome.stack)
+    thresholds = effective_thresholds(target.thresholds, outcome.stack, envelope)
     outcome, judged, notes = _best_profile(engine, target, outcome, compare_to_golden(outcome.frames, golden, thresholds),
                                            golden)
+    if envelope is not None and not outcome.stack.exact_expected:
+        result.envelope = envelope.judge(judged.encoded.psnr_min, judged.encoded.ssim_min)
     _record(result, outcome, judged, notes)
     if engine.options.out is not None:
         _write_render(result, target, outcome, engine.options)
