@@ -20,6 +20,11 @@ semantic input fixed and change only *how* the arithmetic is done, then compare 
   CPU thread count (another reduction split). The PSNR of the perturbed render against the baseline render is the
   size of legitimate drift — the same order as moving to another GPU or torch build.
 
+* **stack**: every real stack alternative this machine has (CPU: each ISA ceiling it can pin, each in a fresh
+  process, and other thread counts; CUDA: each SDPA backend, TF32 flipped): their pairwise spread is the *envelope*
+  (:mod:`harness.envelope`), written beside the case and used by ``run`` and pytest to judge goldens from other
+  stacks instead of the fixed thresholds.
+
 Suggested thresholds sit ``margin_db`` below the lowest observed encoded PSNR (and ``ssim_margin`` below the lowest
 SSIM), clamped to [25, 45] dB and [0.80, 0.99]: never so strict that a lossy codec's re-quantisation of harmless
 drift fails (45 dB), never so loose that a wrong checkpoint passes (25 dB). Without a perturbation only repeat
@@ -44,7 +49,7 @@ from .errors import HarnessError
 from .fsutil import write_json_atomic
 from .numbers import fmt_db, from_json, to_json
 
-PERTURBATIONS = (None, "attention", "threads")
+PERTURBATIONS = (None, "attention", "threads", "stack")
 PSNR_BOUNDS = (25.0, 45.0)
 SSIM_BOUNDS = (0.80, 0.99)
 CALIBRATION_NAME = "calibration.json"
@@ -158,6 +163,10 @@ def calibrate_preview(target, options, perturb: str | None, alt_threads: int | N
             with _AttentionMath():
                 _, other, _, entry["seconds"]["perturbed"] = _render(options, target, models)
             entry["perturbed"] = {"kind": "attention", "detail": _AttentionMath.detail, **_views(base, other, fps, ext)}
+        elif perturb == "stack":
+            from .envelope import alternatives_here, measure_preview
+
+            entry["envelope"] = measure_preview(target, options, base, alternatives_here(entry["device"], threads), models)
         elif perturb == "threads":
             alt = alt_threads or other_thread_count(threads)
             try:
@@ -186,6 +195,7 @@ def summarize(previews: list[dict], perturb: str | None, margin_db: float, ssim_
     done = [p for p in previews if not p.get("error")]
     deterministic = all(p["repeat"]["bit_exact"] for p in done) if done else None
     encoded = [p["repeat"]["encoded"] for p in done] + [p["perturbed"]["encoded"] for p in done if p.get("perturbed")]
+    encoded += [pair for p in done for pair in (p.get("envelope") or {}).get("pairs", [])]
     raw = [p["repeat"]["raw"] for p in done] + [p["perturbed"]["raw"] for p in done if p.get("perturbed")]
     enc_floor, raw_floor = floor_of(encoded), floor_of(raw)
     suggested = suggest_thresholds(enc_floor["psnr_min"], enc_floor["ssim_min"], margin_db, ssim_margin)
@@ -198,7 +208,7 @@ def summarize(previews: list[dict], perturb: str | None, margin_db: float, ssim_
     if perturb is None:
         notes.append("no perturbation: only run-to-run noise was measured; rerun with perturb=attention (or threads "
                      "on CPU) to measure kernel drift")
-    elif done and all(p["perturbed"]["bit_exact"] for p in done):
+    elif perturb != "stack" and done and all(p["perturbed"]["bit_exact"] for p in done):
         notes.append(f"the {perturb} perturbation changed no pixel (the default path may already be the same kernel); "
                      "the suggestion is the upper bound")
     if perturb == "threads" and any(p.get("device", "cpu").startswith("cuda") for p in done):
@@ -275,7 +285,7 @@ def calibrate(targets, options, perturb: str | None = None, *, max_previews: int
     from .render.models import ModelCache
 
     if perturb not in PERTURBATIONS:
-        raise HarnessError(None, "--perturb", f"unknown perturbation {perturb!r}; use attention or threads")
+        raise HarnessError(None, "--perturb", f"unknown perturbation {perturb!r}; use attention, threads or stack")
     if max_previews < 1:
         raise HarnessError(None, "--previews", "must be at least 1")
     if perturb == "attention":
@@ -300,7 +310,21 @@ def calibrate(targets, options, perturb: str | None = None, *, max_previews: int
         "previews": previews,
     }
     document.update(summarize(previews, perturb, margin_db, ssim_margin))
+    if perturb == "stack":
+        document["envelopes"] = _envelopes(chosen, previews, environment, margin_db, ssim_margin)
     return document
+
+
+def _envelopes(targets, previews: list[dict], environment: dict, margin_db: float, ssim_margin: float) -> dict:
+    """One envelope document per case file (the previews measured from it), keyed by where it will be written."""
+    from .envelope import document as envelope_document, envelope_path
+
+    groups: dict[str, dict] = {}
+    for target, entry in zip(targets, previews):
+        path = envelope_path(target)
+        if path is not None and entry.get("envelope"):
+            groups.setdefault(str(path), {})[target.key] = entry["envelope"]
+    return {path: envelope_document(measured, environment, margin_db, ssim_margin) for path, measured in groups.items()}
 
 
 def calibrate_main(targets, options, out_dir, perturb: str | None = None, *, max_previews: int = 3,
@@ -314,5 +338,12 @@ def calibrate_main(targets, options, out_dir, perturb: str | None = None, *, max
     print_table(document, file=file)
     from rich.console import Console
 
-    Console(file=file).print(f"calibration: {path}", highlight=False, markup=False)
+    from .envelope import save
+
+    console = Console(file=file)
+    for where, envelope in document.get("envelopes", {}).items():
+        save(Path(where), envelope)
+        console.print(f"envelope: {where} (floor {_fmt(envelope['psnr_floor'])} dB, margin {margin_db:g} dB; run and "
+                      "pytest judge goldens from other stacks by it)", highlight=False, markup=False)
+    console.print(f"calibration: {path}", highlight=False, markup=False)
     return document["exit_code"]

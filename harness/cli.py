@@ -125,7 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     cal = sub.add_parser("calibrate", help="measure this stack's noise floor and suggest thresholds")
     cal.add_argument("targets", nargs="+", metavar="TARGET", help=TARGET_HELP)
     _add_options(cal, "calibrate")
-    cal.add_argument("--perturb", choices=["attention", "threads"], help="also render under a perturbed stack")
+    cal.add_argument("--perturb", choices=["attention", "threads", "stack"],
+                     help="also render under a perturbed stack; stack: every real alternative here (ISA caps, threads; "
+                          "SDPA, TF32 on CUDA), stored beside the case as the envelope run and pytest judge by")
     cal.add_argument("--previews", type=_whole("--previews"), default=3,
                      help="how many previews to calibrate on (default 3)")
     cal.add_argument("--margin-db", type=_finite("--margin-db"), default=3.0,
@@ -138,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_options(dia, "diagnose")
     dia.add_argument("--families", help="only these knob families (comma-separated): profile, shift, boundary, lora, "
                                         "multiplier, merge, posterior, dtype, seed, negative, resize, quantization, "
-                                        "merge-history")
+                                        "merge-history, gpu-layout")
     dia.add_argument("--force", action="store_true", help="sweep even previews that are already bit-exact")
     dia.add_argument("--exhaustive", action="store_true",
                      help="render every variant (default: stop at the first bit-exact one, and confirm a setting "

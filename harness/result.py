@@ -66,6 +66,7 @@ class PreviewResult:
     stack_unknown: list | None = None
     stack_reason: str | None = None
     identity: dict | None = None  # what decided this result besides the code (runner.result_identity): --resume key
+    envelope: dict | None = None  # the measured cross-stack envelope that judged it and where it fell (harness.envelope)
     # how it was rendered (harness.engine.RenderOutcome)
     device: str | None = None
     offload: str | None = None
@@ -127,6 +128,9 @@ class PreviewResult:
             return ""
         if t.require_bit_exact is True:
             return "bit-exact required" + (" (the stacks match)" if self.exact_expected else "")
+        if self.envelope:
+            return (f"the measured envelope PSNR >= {t.psnr_min:.2f} dB (floor {self.envelope['psnr_floor']:.2f} - margin "
+                    f"{self.envelope['margin_db']:g}), SSIM >= {t.ssim_min:.3f}")
         return f"thresholds PSNR >= {t.psnr_min:g} dB, SSIM >= {t.ssim_min:g}"
 
     def diagnose_command(self, options: str = "") -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .compare import Golden, Verdict, compare_to_golden, read_golden
 from .engine import Engine, RenderOutcome, profile_settings
+from .envelope import envelope_for, thresholds_from
 from .errors import HarnessError, NonFiniteError
 from .fsutil import write_json_atomic
 from .numbers import fmt_db
@@ -21,12 +22,15 @@ from .result import PreviewResult
 from .spec import PreviewTarget
 
 
-def effective_thresholds(thresholds, match, impossible=()):
+def effective_thresholds(thresholds, match, impossible=(), envelope=None):
     """The preview's thresholds (defaults for the encoded view) with ``require_bit_exact: auto`` decided: exact where
-    the stacks match, unless ``impossible`` says why no stack can be (a bf16-saved LoRA)."""
+    the stacks match, unless ``impossible`` says why no stack can be (a bf16-saved LoRA); where the stacks differ, a
+    measured ``envelope`` (harness.envelope) replaces the fixed PSNR/SSIM minimums."""
     from .metrics import ENCODED_VIEW
 
-    return (thresholds or ENCODED_VIEW).resolved(match.exact_expected and not impossible)
+    exact = match.exact_expected and not impossible
+    resolved = (thresholds or ENCODED_VIEW).resolved(exact)
+    return resolved if match.exact_expected else thresholds_from(resolved, envelope)
 
 
 def base_result(target: PreviewTarget) -> PreviewResult:
@@ -63,6 +67,7 @@ def run_one(engine: Engine, target: PreviewTarget) -> PreviewResult:
         return result
     try:
         golden = read_golden(target)
+        envelope = envelope_for(target)
         outcome = engine.render(target, engine.baseline(target))
     except HarnessError as exc:
         result.status, result.message = "error", _error_line(exc, target)
@@ -73,9 +78,11 @@ def run_one(engine: Engine, target: PreviewTarget) -> PreviewResult:
             raise
         result.status, result.message = "error", error.line()
         return result
-    thresholds = effective_thresholds(target.thresholds, outcome.stack, outcome.exact_impossible)
+    thresholds = effective_thresholds(target.thresholds, outcome.stack, outcome.exact_impossible, envelope)
     outcome, judged, notes = _best_profile(engine, target, outcome, compare_to_golden(outcome.frames, golden, thresholds),
                                            golden)
+    if envelope is not None and not outcome.stack.exact_expected:
+        result.envelope = envelope.judge(judged.encoded.psnr_min, judged.encoded.ssim_min)
     _record(result, outcome, judged, notes)
     if engine.options.out is not None:
         _write_render(result, target, outcome, engine.options)
