@@ -121,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="encoded PSNR-min drop counted as a regression (default 1.0)")
     rep.add_argument("--regressions-only", action="store_true",
                      help="exit 1 only for regressions against --baseline, not for failures standing since then")
+    rep.add_argument("--self-contained", action="store_true",
+                     help="one report.html with every picture inlined, to share with nothing beside it")
+    rep.add_argument("--max-pictures", type=_whole("--max-pictures"), default=None, metavar="N",
+                     help="draw pictures for at most N previews, those most in need first (default 24)")
 
     cal = sub.add_parser("calibrate", help="measure this stack's noise floor and suggest thresholds")
     cal.add_argument("targets", nargs="+", metavar="TARGET", help=TARGET_HELP)
@@ -282,7 +286,11 @@ def cmd_import(args) -> int:
 def cmd_report(args) -> int:
     from .report import build_report
 
-    outcome = build_report(args.paths, args.out, baseline=args.baseline, psnr_drop_db=args.psnr_drop)
+    from .console import count_progress
+
+    limit = {} if args.max_pictures is None else {"max_pictures": args.max_pictures}
+    outcome = build_report(args.paths, args.out, baseline=args.baseline, psnr_drop_db=args.psnr_drop,
+                           self_contained=args.self_contained, progress=count_progress("report"), **limit)
     outcome.regressions_only = args.regressions_only
     print(f"report: {outcome.path}")
     if outcome.failing_count and not args.regressions_only:

@@ -112,3 +112,14 @@ def variant_progress(stream=None):
         print(f"[diagnose {done}/{total}] {key}: {variant}", file=stream, flush=True)
 
     return on_variant
+
+
+def count_progress(what: str, stream=None, every: int = 100):
+    """``progress(done, total)`` for long batch work (the report): a line every ``every`` items and at the end."""
+    stream = stream or sys.stderr
+
+    def progress(done: int, total: int) -> None:
+        if done == total or done % every == 0:
+            print(f"[{what} {done}/{total}]", file=stream, flush=True)
+
+    return progress

@@ -41,3 +41,19 @@ def test_every_option_has_help():
     missing = [f"{name} {action.option_strings or action.dest}" for name, sub in subparsers.items() if name != "bench"
                for action in sub._actions if not action.help]
     assert not missing
+
+
+def test_report_flags_self_contained_and_progress(tmp_path, capsys):
+    """`report --self-contained` writes one page with nothing beside it; progress lines go to stderr."""
+    import json
+
+    from harness.result import PreviewResult, results_document
+
+    results = [PreviewResult(key=f"c::0::{i}", case="c", step=0, index=i, status="unreproducible", message="seed -1")
+               for i in range(3)] + [PreviewResult(key="c::1::0", case="c", step=1, index=0, status="error",
+                                                   message="bad")]
+    (tmp_path / "results.json").write_text(json.dumps(results_document({}, results)))
+    main(["report", str(tmp_path / "results.json"), "--out", str(tmp_path / "out"), "--self-contained"])
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "report_assets/" not in page
+    assert "[report 4/4]" in capsys.readouterr().err
