@@ -168,7 +168,7 @@ def render_one(engine, target, folder: Path, stem: str, mp4: bool = False, save_
 
 def output_stem(target) -> str:
     """``<case>_<index>``, safe as one file name."""
-    from .runner import safe_name
+    from .layout import safe_name
 
     return safe_name(f"{target.preview.case}_{target.preview.index}")
 

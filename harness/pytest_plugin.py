@@ -261,7 +261,8 @@ class PreviewItem(pytest.Item):
 
     def runtest(self):
         from .fsutil import write_json_atomic
-        from .runner import result_file, run_one
+        from .layout import result_file
+        from .runner import run_one
 
         session = self.config._parity
         reason = session.skip_reason(self.target)

@@ -16,6 +16,7 @@ from .engine import Engine, RenderOutcome, profile_settings
 from .envelope import envelope_for, thresholds_from
 from .errors import HarnessError, NonFiniteError
 from .fsutil import write_json_atomic
+from .layout import result_file, safe_name
 from .numbers import fmt_db
 from .options import RunOptions
 from .result import PreviewResult
@@ -196,17 +197,6 @@ def _out_of_memory(exc: BaseException, target: PreviewTarget, engine: Engine) ->
         return HarnessError(None, "--device", f"out of CPU memory rendering {target.key} ({size}); render on a "
                             "machine with more RAM or on CUDA (--device cuda)")
     return None
-
-
-def safe_name(name: str) -> str:
-    """A case name as a single folder name: outputs stay under --out whatever the name says."""
-    cleaned = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name).strip(".")
-    return cleaned or "case"
-
-
-def result_file(out: Path, target: PreviewTarget) -> Path:
-    name = safe_name(target.key.replace("::", "__")) + ".json"
-    return Path(out) / "results" / safe_name(target.preview.case) / name
 
 
 def run_targets(targets: list[PreviewTarget], options: RunOptions, on_result=None, progress=None,

@@ -119,7 +119,7 @@ def unique(targets: list[PreviewTarget]) -> list[PreviewTarget]:
     """Each preview once. The same preview reached twice (a case file and its folder) runs once; two different
     previews under one name (two cases or output folders called the same) would overwrite each other's results and
     renders in --out, so that is refused before anything renders."""
-    from .runner import result_file
+    from .layout import result_file
 
     seen: dict[Path, PreviewTarget] = {}
     kept = []
