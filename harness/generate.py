@@ -69,7 +69,7 @@ class Basis:
 def like_job(job_dir: str | Path, sample: int = 0, step: int | None = None) -> Basis:
     """``--like JOB_DIR``: the job's settings, preview ``sample``'s item, and the checkpoint of ``step`` (default: the
     final save, else the newest numbered one; 0: the untrained base)."""
-    from .aitk.outputs import checkpoint_for, checkpoint_files, saved_steps
+    from .aitk.outputs import checkpoint_for, saved_steps
 
     folder = Path(job_dir)
     job = load_job(folder / "config.yaml")
@@ -78,7 +78,7 @@ def like_job(job_dir: str | Path, sample: int = 0, step: int | None = None) -> B
     if not 0 <= sample < len(items):
         raise HarnessError(folder / "config.yaml", "--like-sample", f"{sample} is not a sample of this job (it has "
                                                                     f"{len(items)}: 0..{len(items) - 1})")
-    if step is None and not all(p.is_file() for p in checkpoint_files(folder, job, None).values()):
+    if step is None and checkpoint_for(folder, job, None)[0] is None:  # no final save: the newest numbered one
         steps = saved_steps(folder, job)
         if not steps:
             raise HarnessError(folder, "--lora-step", "the folder has no LoRA checkpoint; give --lora-step 0 for the "

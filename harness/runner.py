@@ -23,7 +23,7 @@ from .result import PreviewResult
 from .spec import PreviewTarget
 
 
-def effective_thresholds(thresholds, match, impossible=(), envelope=None):
+def effective_thresholds(thresholds, match, envelope=None, *, impossible=()):
     """The preview's thresholds (defaults for the encoded view) with ``require_bit_exact: auto`` decided: exact where
     the stacks match, unless ``impossible`` says why no stack can be (a bf16-saved LoRA); where the stacks differ, a
     measured ``envelope`` (harness.envelope) replaces the fixed PSNR/SSIM minimums."""
@@ -79,7 +79,7 @@ def run_one(engine: Engine, target: PreviewTarget) -> PreviewResult:
             raise
         result.status, result.message = "error", error.line()
         return result
-    thresholds = effective_thresholds(target.thresholds, outcome.stack, outcome.exact_impossible, envelope)
+    thresholds = effective_thresholds(target.thresholds, outcome.stack, envelope, impossible=outcome.exact_impossible)
     outcome, judged, notes = _best_profile(engine, target, outcome, compare_to_golden(outcome.frames, golden, thresholds),
                                            golden)
     if envelope is not None and not outcome.stack.exact_expected:

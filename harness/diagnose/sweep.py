@@ -54,7 +54,7 @@ def diagnose_target(engine: Engine, target: PreviewTarget, families=None, force:
                           ranked=rank(rows), profile=ctx.base.profile.name,
                           profile_settings=profile_settings(ctx.base.profile), profile_why=ctx.profile_why, swept=swept)
     impossible = engine.exact_impossible(target, ctx.base)
-    explain(diagnosis, baseline, effective_thresholds(target.thresholds, engine.stack_match(target), impossible))
+    explain(diagnosis, baseline, effective_thresholds(target.thresholds, engine.stack_match(target), impossible=impossible))
     if impossible and not baseline.bit_exact:  # e.g. a bf16-saved LoRA: every variant carries its rounding
         diagnosis.explanation += f" Note: {impossible[0]}; small differences between variants are not conclusive."
     diagnosis.seconds = time.perf_counter() - started
