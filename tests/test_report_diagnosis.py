@@ -216,7 +216,8 @@ class _FakeEngine:
 def test_diagnose_main_writes_the_page(monkeypatch, tmp_path):
     monkeypatch.setattr(dg, "Engine", _FakeEngine)
     document, code = dg.diagnose_main([], RunOptions(device="cpu"), tmp_path)
-    assert code == 0 and document["report"] == str(tmp_path / "diagnosis.html")
+    # nothing diagnosed is exit 3 (a nightly that checked nothing is not green), and the page is still written
+    assert code == 3 and document["report"] == str(tmp_path / "diagnosis.html")
     assert (tmp_path / "diagnosis.html").is_file()
     assert json.loads((tmp_path / "diagnosis.json").read_text()) == document
 
@@ -227,5 +228,5 @@ def test_diagnose_main_writes_the_page(monkeypatch, tmp_path):
 
     monkeypatch.setattr(harness.report, "write_diagnosis_report", broken)
     document, code = dg.diagnose_main([], RunOptions(device="cpu"), tmp_path / "again")
-    assert code == 0 and document["report"] is None and "disk full" in document["report_error"]
+    assert code == 3 and document["report"] is None and "disk full" in document["report_error"]
     assert json.loads((tmp_path / "again" / "diagnosis.json").read_text()) == document

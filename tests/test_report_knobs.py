@@ -36,10 +36,10 @@ FORCED = "profile {} chosen explicitly"
 
 
 @pytest.mark.parametrize("profile,notes,version,differ,job", [
-    # --profile aitk-unipc on a job of ai-toolkit 0.10.2 (FlowMatch Euler): sampler and shift differ
-    ("aitk-unipc", [FORCED.format("aitk-unipc")], "0.10.2", {"sampler", "shift"}, "aitk-euler"),
+    # --profile aitk-unipc on a job of ai-toolkit 0.12.26 (FlowMatch Euler): sampler and shift differ
+    ("aitk-unipc", [FORCED.format("aitk-unipc")], "0.12.26", {"sampler", "shift"}, "aitk-euler"),
     # the same job under auto: the render is the job's own sampler
-    ("aitk-euler", ["ai-toolkit 0.10.2 from the LoRA metadata"], None, set(), "aitk-euler"),
+    ("aitk-euler", ["ai-toolkit 0.12.26 from the LoRA metadata"], None, set(), "aitk-euler"),
     # 0.8.1 implies the new UniPC grid; the old grid forced: only the sampler row (its sigma grid) differs
     ("aitk-unipc-old", [FORCED.format("aitk-unipc-old")], "0.8.1", {"sampler"}, "aitk-unipc"),
     # 0.9.3 spans the switch: under auto the better match kept is the job's
@@ -58,7 +58,7 @@ def test_rows_differing_from_the_golden_job_are_marked(document, profile, notes,
 
 
 def test_the_ai_toolkit_column_is_the_golden_job_not_the_forced_profile(document):
-    rows = {r.knob: r for r in config_diff(_variant(document, "aitk-unipc", [FORCED.format("aitk-unipc")], "0.10.2"))}
+    rows = {r.knob: r for r in config_diff(_variant(document, "aitk-unipc", [FORCED.format("aitk-unipc")], "0.12.26"))}
     assert rows["sampler"].aitk.text == "FlowMatch Euler" and rows["sampler"].render.text.startswith("UniPC")
     assert rows["shift"].aitk.text == "5.0" and rows["shift"].render.text == "3.0"
 
@@ -75,8 +75,8 @@ def _knob_rows(page, sid: str) -> list[str]:
 
 
 def test_the_page_marks_differing_rows_with_a_class_and_a_sign(document, tmp_path):
-    forced = _variant(document, "aitk-unipc", [FORCED.format("aitk-unipc")], "0.10.2")
-    auto = _variant(document, "aitk-euler", ["ai-toolkit 0.10.2 from the LoRA metadata"])
+    forced = _variant(document, "aitk-unipc", [FORCED.format("aitk-unipc")], "0.12.26")
+    auto = _variant(document, "aitk-euler", ["ai-toolkit 0.12.26 from the LoRA metadata"])
     auto.key, auto.index = "case::0::9", 9
     html = write_report(results_document(ENV, [forced, auto]), tmp_path / "out").read_text(encoding="utf-8")
     raw, page = _parse(tmp_path / "out" / "report.html")
