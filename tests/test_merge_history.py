@@ -151,6 +151,60 @@ def test_a_rendered_again_label_starts_a_new_process_on_the_pristine_base(fake_j
     assert [h for _, h in histories] == [[2], [], [4], [4, 6]]
 
 
+def _delete_previews(out: Path, step: int) -> None:
+    for f in (out / "samples").glob(f"*__{step:09d}_*"):
+        f.unlink()
+
+
+def test_a_round_whose_previews_were_deleted_still_joins_the_history(fake_job):
+    """ai-toolkit sampled at step 4 (the config's schedule says so) even though its previews are gone."""
+    _delete_previews(fake_job, 4)
+    previews = _by_step(fake_job)
+    assert {s: [r.step for r in p.merge_history] for s, p in previews.items()} == {
+        0: [], 2: [], 6: [2, 4], 8: [2, 4, 6]}
+    assert all(p.unreproducible is None for p in previews.values())
+
+
+def test_a_deleted_round_without_its_checkpoint_makes_the_later_previews_unreproducible(fake_job):
+    _delete_previews(fake_job, 4)
+    for side in ("high", "low"):
+        (fake_job / f"{mj.NAME}_{4:09d}_{side}_noise.safetensors").unlink()
+    previews = _by_step(fake_job)
+    assert previews[2].unreproducible is None
+    for step in (6, 8):
+        reason = previews[step].unreproducible
+        assert "round at step 4" in reason and "previews are gone" in reason, reason
+
+
+def test_after_a_resume_deleted_rounds_are_not_guessed(fake_job):
+    """Two processes: which one sampled the deleted step 2 cannot be told, so only seen rounds count."""
+    samples = fake_job / "samples"
+    (samples / f"{1790000009000}__{6:09d}_0.webp").write_bytes(b"")  # label 6 rendered again: a resume
+    _delete_previews(fake_job, 2)
+    histories = {(t.preview.step, t.preview.extra["time"]): [r.step for r in t.preview.merge_history]
+                 for t in from_output_dir(fake_job)}
+    assert histories[(4, 1790000002000)] == [] and histories[(6, 1790000009000)] == []
+
+
+@pytest.mark.parametrize("sample_every,train,start,expected", [
+    (2, {}, 0, [0, 2, 4, 6, 8]),
+    (3, {}, 0, [0, 3, 6, 8]),  # the after-training render is always one
+    (2, {"skip_first_sample": True}, 0, [2, 4, 6, 8]),
+    (2, {}, 5, [0, 6, 8]),  # sample_start_step
+    (2, {"disable_sampling": True}, 0, []),
+])
+def test_the_schedule_follows_ai_toolkits_training_loop(fake_job, sample_every, train, start, expected):
+    from harness.aitk.history import scheduled_steps
+    from harness.aitk.job import load_job
+
+    data = yaml.safe_load((fake_job / "config.yaml").read_text())
+    process = data["config"]["process"][0]
+    process["sample"].update(sample_every=sample_every, sample_start_step=start)
+    process["train"].update(train)
+    (fake_job / "config.yaml").write_text(yaml.safe_dump(data))
+    assert scheduled_steps(load_job(fake_job / "config.yaml")) == expected
+
+
 # ------------------------------------------------------------------------------------------------ end to end
 
 
@@ -184,6 +238,15 @@ def test_every_merged_preview_is_bit_exact_with_its_history_replayed(job, engine
     assert [h["step"] for h in results[8].merge_history] == [2, 4, 6] and results[2].merge_history is None
     assert results[8].lora_saved_dtype == "fp32"
     assert engine.histories.rounds_replayed - replayed == 3  # one replayed round per preview step, not 0+1+2
+
+
+def test_deleted_previews_of_an_earlier_round_keep_the_later_ones_exact(job, engine, tmp_path):
+    out = tmp_path / mj.NAME
+    shutil.copytree(job["out"], out)
+    _delete_previews(out, 4)
+    results = _run(engine, out, steps=(6, 8))
+    assert {s: r.bit_exact for s, r in results.items()} == {6: True, 8: True}
+    assert [h["step"] for h in results[6].merge_history] == [2, 4]
 
 
 def test_the_pristine_base_misses_the_later_rounds(job, engine):

@@ -15,7 +15,7 @@ from collections import defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from harness.aitk.history import plan_merge_history
+from harness.aitk.history import UnseenRound, plan_merge_history, scheduled_steps
 from harness.aitk.job import P0, AitkJob, load_job
 from harness.aitk.overrides import Overrides, pair_for
 from harness.aitk.samples import UNREPRODUCIBLE, expand_samples, merge_decision
@@ -74,7 +74,26 @@ def discover(output_dir: str | Path, job: AitkJob | None = None, case: str | Non
     for (step, index), renders in sorted(groups.items()):
         for k, found in enumerate(renders):
             jobs.append(_pair(out, loras, job, rounds, found, k, len(renders), case or out.name, overrides))
-    return _with_job_version(plan_merge_history(jobs, job.train_steps), job_aitk_version(loras, job))
+    unseen = unseen_rounds(loras, job, rounds["sample"], {step for step, _ in groups}, overrides)
+    return _with_job_version(plan_merge_history(jobs, job.train_steps, unseen), job_aitk_version(loras, job))
+
+
+def unseen_rounds(loras: Path, job: AitkJob, specs: list[SampleSpec], seen: set[int],
+                  overrides: Overrides | None = None) -> list[UnseenRound]:
+    """The merged rounds the config's schedule ran whose previews are gone: each still left residue (§8.2)."""
+    merged, _why = merge_decision(job, specs)
+    if not (merged and specs):
+        return []
+    found = []
+    for step in scheduled_steps(job):
+        if step == 0 or step in seen:
+            continue
+        lora, reason = _lora_for(loras, job, step)
+        lora, reason, _saved = pair_for(overrides, step, lora, reason, expected_sides(job))
+        if reason:
+            reason += " (and its previews are gone: the config's schedule says it sampled there)"
+        found.append(UnseenRound(step, float(specs[0].network_multiplier), lora, reason))
+    return found
 
 
 def job_aitk_version(loras: Path, job: AitkJob) -> dict | None:
