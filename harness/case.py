@@ -53,7 +53,7 @@ from harness.aitk.overrides import checked_file, combined
 from harness.aitk.samples import UNREPRODUCIBLE
 from harness.errors import HarnessError
 from harness.fsutil import write_text_atomic
-from harness.limits import check_threads, finite_number, parse_yaml
+from harness.limits import check_threads, finite_number, parse_yaml, read_yaml_mapping
 from harness.paths import PathMap, resolve_ctrl_img
 from harness.render.profiles import profile_choices  # the registry alone: no torch
 from harness.stack import check_stack, load_stack
@@ -288,15 +288,7 @@ def _read(path: Path) -> dict:
     """safe_load the file; a parse error names the line."""
     if not path.is_file():
         raise HarnessError(path, None, "case file not found")
-    try:
-        data = parse_yaml(path.read_text(encoding="utf-8"), path)
-    except UnicodeDecodeError:
-        raise HarnessError(path, None, "not a text file; give a case .yaml") from None
-    except OSError as exc:
-        raise HarnessError(path, None, f"cannot be read ({exc.strerror})") from None
-    if not isinstance(data, dict):
-        raise HarnessError(path, None, f"not a case file (top level must be a mapping with schema: {SCHEMA})")
-    return data
+    return read_yaml_mapping(path, "a case .yaml", f"not a case file (top level must be a mapping with schema: {SCHEMA})")
 
 
 def _check_keys(path: Path, data: dict) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from pathlib import Path
 
 from .errors import HarnessError
 
@@ -87,6 +88,20 @@ def parse_yaml(text: str, file):
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise HarnessError(file, where, f"YAML does not parse: {problem}; fix the syntax") from None
     check_depth(data, file)
+    return data
+
+
+def read_yaml_mapping(path: Path, hint: str, not_mapping: str) -> dict:
+    """A YAML file's top-level mapping: unreadable, non-text, unparsable or non-mapping files are one line naming it
+    (``hint`` says what to give instead, ``not_mapping`` what a non-mapping top level means)."""
+    try:
+        data = parse_yaml(path.read_text(encoding="utf-8"), path)
+    except UnicodeDecodeError:
+        raise HarnessError(path, None, f"not a text file; give {hint}") from None
+    except OSError as exc:
+        raise HarnessError(path, None, f"cannot be read ({exc.strerror}); check its permissions") from None
+    if not isinstance(data, dict):
+        raise HarnessError(path, None, not_mapping)
     return data
 
 

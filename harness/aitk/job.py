@@ -8,7 +8,7 @@ from typing import Any
 
 from harness.errors import HarnessError
 from harness.fsutil import file_kind
-from harness.limits import parse_yaml
+from harness.limits import read_yaml_mapping
 
 SUPPORTED_ARCHS = ("wan22_14b_i2v",)
 P0 = "config.process[0]"  # field prefix: ai-toolkit only runs the first process for a trainer job
@@ -93,15 +93,7 @@ def _read_yaml(path: Path) -> dict:
         raise HarnessError(path, None, "job config not found; give the ai-toolkit job YAML (or the output folder's config.yaml)")
     if kind is not None:
         raise HarnessError(path, None, f"is {kind}, not a job config file; give the ai-toolkit job YAML")
-    try:
-        data = parse_yaml(path.read_text(encoding="utf-8"), path)
-    except UnicodeDecodeError:
-        raise HarnessError(path, None, "not a text file; give the job YAML") from None
-    except OSError as exc:
-        raise HarnessError(path, None, f"cannot be read ({exc.strerror}); check its permissions") from None
-    if not isinstance(data, dict):
-        raise HarnessError(path, None, "not an ai-toolkit job (top level is not a mapping)")
-    return data
+    return read_yaml_mapping(path, "the job YAML", "not an ai-toolkit job (top level is not a mapping)")
 
 
 def _first_process(path: Path, raw: dict) -> dict:

@@ -17,7 +17,6 @@ import math
 
 import torch
 
-from ..errors import HarnessError
 from ..gpus import DEFAULT_GPU, GPUS, find_gpu, grid_for_stack, launch_threads, rng_grid
 
 
