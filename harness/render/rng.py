@@ -141,11 +141,12 @@ class PreviewRng:
     def posterior_noise(self, shape) -> torch.Tensor:
         """The VAE posterior's eps in bf16 on the VAE device.
 
-        A bf16 draw equals an fp32 draw cast to bf16 and consumes the stream identically (§3.5), so one code
-        path serves both layouts.
+        On CPU it is drawn in bf16, the call ai-toolkit makes (§3 step 5): torch 2.14.1 gives an fp32 draw cast to
+        bf16 there, but torch 2.11 does not, so only the literal call holds on every torch. The CUDA layouts are
+        emulated from fp32 draws, which equal bf16 draws bit for bit on CUDA (§3, measured on the H200).
         """
         if self.layout == "cpu":
-            eps = torch.randn(shape, generator=self.cpu, dtype=torch.float32)
+            eps = torch.randn(shape, generator=self.cpu, dtype=torch.bfloat16)
         else:
             eps = cuda_randn(shape, self.seed, self.vae_device, self.grid)
         return eps.to(device=self.vae_device, dtype=torch.bfloat16)
