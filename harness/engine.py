@@ -362,7 +362,8 @@ class Engine:
         paths, layers = self.lora_layers(target) if settings.use_lora else ({}, {})
         base, history_note = self._replayed_base(bundle, settings)
         with installed(bundle.experts, base), lora_mod.applied(paths, layers, bundle.experts, settings.multiplier,
-                                                               merged=settings.merged, compute_device=bundle.device):
+                                                               merged=settings.merged, compute_device=bundle.device,
+                                                               lean=self.options.lean_lora):
             render = render_sample(bundle, sample, image, settings.sampler, self.prompts, progress=self.progress,
                                    rng_layout=target.rng_layout, rng_grid=settings.rng_grid)
         return RenderOutcome(frames=render.frames, trace=[list(t) for t in render.trace], settings=settings,

@@ -45,6 +45,7 @@ class RunOptions:
     offload: str = "none"  # none | experts | sequential (identical numerics)
     ara: str | None = None  # local copy of the accuracy recovery adapter a 'uint4|<ara>' job names (--ara PATH)
     lora_overrides: dict = field(default_factory=dict)  # {step: {side: Path}}: fp32 files instead of checkpoints
+    lean_lora: bool = False  # the unmerged LoRA path's bit-identical shortcut (render.lora.SharedCast)
 
 
 RUN_COMMANDS = ("run", "calibrate", "diagnose", "selfcheck")
@@ -205,6 +206,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("offload", "memory mode, identical numerics: none (all on GPU), experts (active expert only; 80 GB for "
                       "A14B), sequential (block by block; 24 GB cards)", default="none",
            choices=lambda: ("none", "experts", "sequential"), field="offload", commands=RENDERING),
+    Option("lean-lora", "unmerged LoRAs: share the fp32 input copy between linears and skip the x1.0 scale (the same "
+                        "bits with fewer memory passes; off until proven on the H200, benchmarks/RESULTS.md)",
+           action="store_true", default=False, field="lean_lora", commands=RENDERING),
     Option("out", "results, renders and report (default {default}/)", parse=Path, default=Path("parity-out"),
            command_defaults=_OUT_DEFAULTS, field="out", commands=RENDERING),
     Option("json", "also write the results JSON here", parse=Path, metavar="FILE", commands=("run", PYTEST)),

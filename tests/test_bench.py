@@ -82,3 +82,16 @@ def test_load_probe_reads_a_real_safetensors_folder_back(tmp_path):
     assert probe["pipeline_load_s"]["warm"] == pytest.approx(total * probe["load_s"]["warm"] / probe["bytes"], rel=0.05)
     assert probe["startup_s"] > 0
     assert not (tmp_path / "load-probe").exists()  # the probe cleans up after itself
+
+
+def test_the_lora_step_times_the_lean_path_and_checks_its_bytes(tmp_path):
+    out = tmp_path / "bench.json"
+    argv = ["--synthetic", "tiny", "--device", "cpu", "--sizes", "32x32x5", "--preview-steps", "2", "--previews", "1",
+            "--modes", "exact", "--offload", "none", "--lora-step", "--json", str(out)]
+    with torch.random.fork_rng(devices=[]):
+        assert bench.bench_main(argv) == 0
+    rows = {r["phase"]: r for r in json.loads(out.read_text())["rows"]}
+    for expert in ("high", "low"):
+        lean = rows[f"step {expert}, unmerged LoRA (lean)"]
+        assert lean["status"] == "ok" and "identical to the plain path" in lean["note"], lean
+        assert rows[f"step {expert}, unmerged LoRA"]["seconds"] > 0

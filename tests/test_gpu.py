@@ -107,3 +107,34 @@ def test_quantized_render_is_deterministic_and_identical_across_offload_modes(cu
         assert np.array_equal(reference, frames[mode][0]), f"{mode} changed the quantized render"
     bf16 = cuda_engine.render(target)
     assert not np.array_equal(reference, bf16.frames), "quantization made no difference"
+
+
+@pytest.mark.skipif(not CUDA_TARGETS, reason=f"CUDA oracle not found at {ORACLE_CUDA}")
+def test_the_lean_lora_path_gives_the_same_bytes_on_cuda(cuda_engine):
+    """``--lean-lora`` on the CUDA oracle's unmerged previews: the bytes of ai-toolkit's arithmetic."""
+    cuda_engine.options.lean_lora = True
+    try:
+        lean = [cuda_engine.render(t).frames for t in CUDA_TARGETS if t.preview.lora is not None and not t.preview.merged]
+    finally:
+        cuda_engine.options.lean_lora = False
+    plain = [cuda_engine.render(t).frames for t in CUDA_TARGETS if t.preview.lora is not None and not t.preview.merged]
+    assert lean and all(np.array_equal(a, b) for a, b in zip(lean, plain))
+
+
+@pytest.mark.parametrize("rows", [1560, 32760])  # 832x480x41's token count is 32,760; the smaller a tail-tile shape
+def test_the_lean_lora_path_is_bit_identical_at_a14b_width_on_cuda(rows):
+    """q, k and v of an A14B block (5120 wide, rank-32 fp32 LoRA) on CUDA: lean and ai-toolkit's path agree."""
+    from harness.render.lora import LoraLayer, applied
+
+    gen = torch.Generator("cuda").manual_seed(rows)
+    width = 5120
+    module = torch.nn.ModuleDict({n: torch.nn.Linear(width, width, device="cuda", dtype=torch.bfloat16)
+                                  for n in ("to_q", "to_k", "to_v")})
+    layers = {n: LoraLayer(down=torch.randn(32, width, device="cuda", generator=gen) * 0.02,
+                           up=torch.randn(width, 32, device="cuda", generator=gen) * 0.02) for n in module}
+    x = torch.randn(rows, width, device="cuda", generator=gen).to(torch.bfloat16)
+    outs = {}
+    for lean in (False, True):
+        with torch.no_grad(), applied({"high": "f"}, {"high": layers}, {"high": module}, 0.75, merged=False, lean=lean):
+            outs[lean] = [module[n](x) for n in module]
+    assert all(torch.equal(a.view(torch.int16), b.view(torch.int16)) for a, b in zip(outs[False], outs[True]))

@@ -253,6 +253,51 @@ def test_unmerged_output_equals_ai_toolkit_formula_and_not_peft(high):
     assert (out != base + delta_bf16).any()
 
 
+WIDTH = 5120  # A14B's inner dim: the lean path is proven at the real width, not only the tiny one
+
+
+def _qkv(seed: int, width: int):
+    """Three bf16 linears reading one input, as attn1's to_q/to_k/to_v do, with rank-32 fp32 LoRA layers."""
+    gen = torch.Generator().manual_seed(seed)
+    linears = {}
+    for name in ("to_q", "to_k", "to_v"):
+        linear = torch.nn.Linear(width, width, bias=True).to(BF16)
+        with torch.no_grad():
+            linear.weight.copy_(torch.randn(width, width, generator=gen) * width ** -0.5)
+            linear.bias.copy_(torch.rand(width, generator=gen) - 0.5)
+        linears[name] = linear
+    layers = {name: LoraLayer(down=torch.randn(32, width, generator=gen) * 0.02,
+                              up=torch.randn(width, 32, generator=gen) * 0.02) for name in linears}
+    return torch.nn.ModuleDict(linears), layers
+
+
+@pytest.mark.parametrize("width,m", [(INNER, 1.0), (WIDTH, 0.75), (WIDTH, -1.25)])
+def test_the_lean_unmerged_path_gives_the_same_bits(width, m):
+    """One fp32 input copy shared by q, k and v, and no x1.0 scale: bit for bit ai-toolkit's arithmetic."""
+    module, layers = _qkv(width, width)
+    x = torch.randn(48, width, generator=torch.Generator().manual_seed(1)).to(BF16)
+    outs = {}
+    for lean in (False, True):
+        with applied({"high": "f"}, {"high": layers}, {"high": module}, m, merged=False, lean=lean):
+            outs[lean] = [module[name](x) for name in ("to_q", "to_k", "to_v")]
+    for plain, lean_out, name in zip(outs[False], outs[True], ("to_q", "to_k", "to_v")):
+        assert torch.equal(plain.view(torch.int16), lean_out.view(torch.int16)), name
+        assert torch.equal(plain, _ai_toolkit_unmerged(module[name], layers[name], x, m)), name
+
+
+def test_the_shared_cast_is_made_once_and_again_after_an_in_place_change():
+    cast = lora.SharedCast()
+    x = torch.randn(4, 8).to(BF16)
+    first = cast(x)
+    assert cast(x) is first and first.dtype == torch.float32
+    x.mul_(2)  # modified in place: the copy would be stale
+    again = cast(x)
+    assert again is not first and torch.equal(again, x.float())
+    assert cast(x.clone()) is not again  # another tensor with the same values is cast by itself
+    cast.clear()
+    assert cast._last[0] is None
+
+
 def test_unmerged_hooks_removed_on_exit_even_after_error(high):
     name = "blocks.1.ffn.net.2"
     layer = _layer(7, INNER, FFN)

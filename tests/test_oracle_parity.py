@@ -102,3 +102,18 @@ def test_merge_path_matches_manifest(target):
     else:
         assert target.preview.merged == entry["network_state_during_sampling"]["merged_in"]
         assert sorted(Path(p).name for p in (target.preview.lora.high, target.preview.lora.low)) == sorted(entry["lora_files"])
+
+
+UNMERGED = [t for t in TARGETS if t.preview.lora is not None and not t.preview.merged][:2]
+
+
+@pytest.fixture(scope="module")
+def lean_engine():
+    return Engine(RunOptions(base_model=str(TINY_MODEL), device="cpu", threads=2, lean_lora=True))
+
+
+@pytest.mark.parametrize("target", UNMERGED, ids=[t.key for t in UNMERGED])
+def test_the_lean_lora_path_renders_the_same_bytes(engine, lean_engine, target):
+    """``--lean-lora`` on ai-toolkit's unmerged previews: the same frames as ai-toolkit's arithmetic on every stack
+    (and so ai-toolkit's own frames wherever test_preview_is_bit_exact holds)."""
+    assert np.array_equal(lean_engine.render(target).frames, _render(engine, target).frames)

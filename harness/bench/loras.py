@@ -72,15 +72,23 @@ def lora_switch(bench: BenchState, bundle, merged: bool) -> float | None:
 
 
 def lora_step(bench: BenchState, bundle, size, prompts, paths) -> None:
-    """The exact unmerged-LoRA path (fp32 hooks on 400 linears per expert) costs more per step than base weights."""
+    """The exact unmerged-LoRA path (fp32 hooks on 400 linears per expert) costs more per step than base weights;
+    the lean path (``--lean-lora``) is timed beside it, and its frames must be the same bytes."""
     from ..render import lora as lora_mod
 
     layers = read_loras(paths)
-    with lora_mod.applied(paths, layers, bundle.experts, 1.0, merged=False):
-        result = timed_render(bundle, make_sample(*size, steps=short_render_steps(bench.profile, 1)), control_image(size),
-                              bench.profile, prompts, bench.clock)
     bound = bench.bound(size)
-    for expert, times in step_times_by_expert(result).items():
-        bench.report.row(f"step {expert}, unmerged LoRA", times["median_s"], size=size_label(size),
-                         ratio_to_bound=ratio_to_bound(times["median_s"], bound),
-                         note=f"rank {bench.args.lora_rank} LoRA hooks (fp32 A/B) on every block linear")
+    results = {}
+    for lean in (False, True):
+        with lora_mod.applied(paths, layers, bundle.experts, 1.0, merged=False, lean=lean):
+            results[lean] = timed_render(bundle, make_sample(*size, steps=short_render_steps(bench.profile, 1)),
+                                         control_image(size), bench.profile, prompts, bench.clock)
+    identical = results[True]["sha256"] == results[False]["sha256"]
+    for lean, result in results.items():
+        for expert, times in step_times_by_expert(result).items():
+            name = f"step {expert}, unmerged LoRA" + (" (lean)" if lean else "")
+            note = (f"shared fp32 input copy, no x1.0 scale; frames {'identical to' if identical else 'DIFFER from'} "
+                    "the plain path" if lean else f"rank {bench.args.lora_rank} LoRA hooks (fp32 A/B) on every block "
+                                                  "linear")
+            bench.report.row(name, times["median_s"], size=size_label(size), status="ok" if identical or not lean
+                             else "error", ratio_to_bound=ratio_to_bound(times["median_s"], bound), note=note)

@@ -150,17 +150,42 @@ def check_targets(path: Path, layers: dict[str, LoraLayer], transformer: torch.n
     return targets
 
 
-def _unmerged_hook(layer: LoraLayer, multiplier: torch.Tensor):
+class SharedCast:
+    """``x.float()`` once per distinct input tensor (the lean path): q, k and v of an attention read one tensor, so
+    the fp32 copy ai-toolkit makes per linear is made once and reused. The cast is exact and the reused tensor is
+    the same values, so no bit can change; an input modified in place (its version moved) is cast again."""
+
+    def __init__(self):
+        self._last = (None, -1, None)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        source, version, cast = self._last
+        if source is x and version == x._version:
+            return cast
+        cast = x.to(torch.float32)
+        self._last = (x, x._version, cast)
+        return cast
+
+    def clear(self) -> None:
+        """Drop the held input and its copy (one activation each) when the render ends."""
+        self._last = (None, -1, None)
+
+
+def _unmerged_hook(layer: LoraLayer, multiplier: torch.Tensor, shared: SharedCast | None = None):
+    """ai-toolkit's unmerged arithmetic (§8.2). With ``shared`` (the lean path) the fp32 input copy is shared between
+    linears and the ``* 1.0`` runtime scale is skipped: multiplying by exactly 1.0 returns every IEEE value
+    unchanged, so both paths give the same bits with fewer passes over memory."""
     on_device: dict = {}  # the fp32 A/B (and m) per device, so offloaded layers follow their inputs
 
     def hook(module, inputs, output):
-        x = inputs[0].to(torch.float32)
+        x = shared(inputs[0]) if shared is not None else inputs[0].to(torch.float32)
         if x.device not in on_device:
             on_device[x.device] = (layer.down.to(x.device), layer.up.to(x.device), multiplier.to(x.device),
                                    _UNIT_SCALE.to(x.device))
         down, up, m, unit = on_device[x.device]
         delta = torch.nn.functional.linear(torch.nn.functional.linear(x, down), up)
-        delta = delta * unit
+        if shared is None:
+            delta = delta * unit
         delta = delta * m
         return output + delta.to(output.dtype)
 
@@ -211,14 +236,16 @@ def _restore(param: torch.nn.Parameter, original: torch.Tensor) -> None:
 
 @contextmanager
 def applied(path_by_expert: dict, layers_by_expert: dict, transformers: dict, multiplier: float, merged: bool,
-            compute_device=None):
+            compute_device=None, lean: bool = False):
     """Apply one LoRA per expert for the duration of a render, then leave the base weights bit-identical.
 
     ``layers_by_expert``/``transformers`` map 'high'/'low' to parsed layers and modules; ``multiplier`` may also be a
     dict per expert (non-ai-toolkit comparisons). A zero multiplier skips the LoRA as ai-toolkit does; all-zero up or
-    down weights (the untrained baseline) skip the merge.
+    down weights (the untrained baseline) skip the merge. ``lean`` takes the unmerged path's bit-identical shortcut
+    (:class:`SharedCast`).
     """
     handles, saved = [], []
+    shared = SharedCast() if lean and not merged else None
     try:
         for expert, layers in layers_by_expert.items():
             m = multiplier[expert] if isinstance(multiplier, dict) else multiplier
@@ -235,11 +262,13 @@ def applied(path_by_expert: dict, layers_by_expert: dict, transformers: dict, mu
                     saved.append((linear, original))
                 else:
                     m_tensor = torch.tensor([m], dtype=torch.float32)
-                    handles.append(linear.register_forward_hook(_unmerged_hook(layer, m_tensor)))
+                    handles.append(linear.register_forward_hook(_unmerged_hook(layer, m_tensor, shared)))
         yield
     finally:
         for handle in handles:
             handle.remove()
+        if shared is not None:
+            shared.clear()
         for linear, original in saved:
             _restore(linear.weight, original)
 
