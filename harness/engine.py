@@ -361,18 +361,32 @@ class Engine:
                                                                                            device)
         paths, layers = self.lora_layers(target) if settings.use_lora else ({}, {})
         base, history_note = self._replayed_base(bundle, settings)
+        fusion, fusion_note = self._fusion(bundle)
         with installed(bundle.experts, base), lora_mod.applied(paths, layers, bundle.experts, settings.multiplier,
                                                                merged=settings.merged, compute_device=bundle.device,
-                                                               lean=self.options.lean_lora):
+                                                               lean=self.options.lean_lora), fusion:
             render = render_sample(bundle, sample, image, settings.sampler, self.prompts, progress=self.progress,
                                    rng_layout=target.rng_layout, rng_grid=settings.rng_grid)
         return RenderOutcome(frames=render.frames, trace=[list(t) for t in render.trace], settings=settings,
-                             device=device, offload=self.options.offload, notes=[n for n in notes + [history_note] if n],
+                             device=device, offload=self.options.offload, notes=[n for n in notes + [history_note, fusion_note] if n],
                              approximate=self.approximations(target, settings, device),
                              stack=self.stack_match(target), pinned=pinned_env() or None,
                              seconds=round(time.perf_counter() - started, 3),
                              exact_impossible=self.exact_impossible(target, settings),
                              lora_saved_dtype=self.lora_dtype(target.preview.lora_saved or target.preview.lora))
+
+    def _fusion(self, bundle) -> tuple:
+        """The ``--fused-blocks`` context for this render and a note when it was asked for but cannot run here."""
+        from contextlib import nullcontext
+
+        from .render import fused, kernels
+
+        if not self.options.fused_blocks:
+            return nullcontext(), ""
+        why = kernels.unavailable(bundle.device)
+        if why:
+            return nullcontext(), f"--fused-blocks not used: {why}"
+        return fused.fused_blocks(bundle.experts), ""
 
     def _replayed_base(self, bundle, settings: RenderSettings) -> tuple[dict, str]:
         """The base ai-toolkit's earlier merged rounds left (§8.2), and a note saying so; ai-toolkit never merges

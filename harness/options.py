@@ -46,6 +46,7 @@ class RunOptions:
     ara: str | None = None  # local copy of the accuracy recovery adapter a 'uint4|<ara>' job names (--ara PATH)
     lora_overrides: dict = field(default_factory=dict)  # {step: {side: Path}}: fp32 files instead of checkpoints
     lean_lora: bool = False  # the unmerged LoRA path's bit-identical shortcut (render.lora.SharedCast)
+    fused_blocks: bool = False  # the Wan block's elementwise chains as bit-identical kernels (render.fused; CUDA)
 
 
 RUN_COMMANDS = ("run", "calibrate", "diagnose", "selfcheck")
@@ -209,6 +210,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("lean-lora", "unmerged LoRAs: share the fp32 input copy between linears and skip the x1.0 scale (the same "
                         "bits with fewer memory passes; off until proven on the H200, benchmarks/RESULTS.md)",
            action="store_true", default=False, field="lean_lora", commands=RENDERING),
+    Option("fused-blocks", "CUDA with Triton: the Wan block's elementwise chains (adaptive norm, gated residuals, "
+                           "rotary embedding) as one kernel each, the same IEEE operations in the same order (no "
+                           "effect on CPU; off until proven on the H200, benchmarks/RESULTS.md)",
+           action="store_true", default=False, field="fused_blocks", commands=RENDERING),
     Option("out", "results, renders and report (default {default}/)", parse=Path, default=Path("parity-out"),
            command_defaults=_OUT_DEFAULTS, field="out", commands=RENDERING),
     Option("json", "also write the results JSON here", parse=Path, metavar="FILE", commands=("run", PYTEST)),

@@ -121,7 +121,7 @@ def test_the_lean_lora_path_gives_the_same_bytes_on_cuda(cuda_engine):
     assert lean and all(np.array_equal(a, b) for a, b in zip(lean, plain))
 
 
-@pytest.mark.parametrize("rows", [1560, 32760])  # 832x480x41's token count is 32,760; the smaller a tail-tile shape
+@pytest.mark.parametrize("rows", [1560, 17160])  # 832x480x41's token count is 17,160; the smaller a tail-tile shape
 def test_the_lean_lora_path_is_bit_identical_at_a14b_width_on_cuda(rows):
     """q, k and v of an A14B block (5120 wide, rank-32 fp32 LoRA) on CUDA: lean and ai-toolkit's path agree."""
     from harness.render.lora import LoraLayer, applied
@@ -138,3 +138,83 @@ def test_the_lean_lora_path_is_bit_identical_at_a14b_width_on_cuda(rows):
         with torch.no_grad(), applied({"high": "f"}, {"high": layers}, {"high": module}, 0.75, merged=False, lean=lean):
             outs[lean] = [module[n](x) for n in module]
     assert all(torch.equal(a.view(torch.int16), b.view(torch.int16)) for a, b in zip(outs[False], outs[True]))
+
+
+# --- --fused-blocks and the fused LoRA tail (harness.render.kernels / fused) ----------------------------------------
+
+A14B_TOKENS = {"832x480x41": 17160, "1024x1024x41": 45056}
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a.view(torch.int16), b.view(torch.int16))
+
+
+@pytest.mark.parametrize("size", list(A14B_TOKENS))
+def test_the_fused_kernels_are_bit_identical_to_their_twins_at_a14b_shapes(size):
+    """Each kernel against the eager chain it replaces, on a whole A14B sequence (width 5120, 40 heads of 128)."""
+    from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
+
+    from harness.render import kernels
+
+    width, height, frames = (int(v) for v in size.split("x"))
+    tokens = A14B_TOKENS[size]
+    gen = torch.Generator("cuda").manual_seed(tokens)
+    normed = torch.randn(1, tokens, 5120, device="cuda", generator=gen)
+    scale, shift, gate = (torch.randn(1, 1, 5120, device="cuda", generator=gen) * 0.3 for _ in range(3))
+    assert _same_bits(kernels.modulate(normed, 1 + scale, shift, torch.bfloat16),
+                      kernels.modulate_eager(normed, 1 + scale, shift, torch.bfloat16))
+    hidden, update = (torch.randn(1, tokens, 5120, device="cuda", generator=gen).to(torch.bfloat16) for _ in range(2))
+    assert _same_bits(kernels.gated_residual(hidden, update, gate), kernels.gated_residual_eager(hidden, update, gate))
+    latent = torch.zeros(1, 16, (frames - 1) // 4 + 1, height // 8, width // 8, device="cuda")
+    cos, sin = WanRotaryPosEmbed(128, (1, 2, 2), 1024).to("cuda")(latent)
+    query = hidden.view(1, tokens, 40, 128)
+    assert _same_bits(kernels.rope(query, cos, sin), kernels.rope_eager(query, cos, sin))
+    delta = torch.randn(1, tokens, 5120, device="cuda", generator=gen) * 0.01
+    m = float(torch.tensor(0.75, dtype=torch.float32))
+    assert _same_bits(kernels.lora_epilogue(hidden, delta, m), kernels.lora_epilogue_eager(hidden, delta, m))
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_a_fused_a14b_block_gives_the_bytes_of_the_eager_block(lora):
+    """One real-width A14B block (random weights; 4,096 tokens) with and without an unmerged rank-32 LoRA on
+    every linear (the lean path with its fused tail): --fused-blocks changes no bit of the output."""
+    from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed, WanTransformerBlock
+
+    from harness.render.fused import fused_blocks
+    from harness.render.lora import LoraLayer, applied
+
+    torch.manual_seed(0)
+    block = WanTransformerBlock(5120, 13824, 40, "rms_norm_across_heads", True, 1e-6, None).to("cuda", torch.bfloat16)
+    model = torch.nn.Module()
+    model.blocks = torch.nn.ModuleList([block])
+    cos, sin = WanRotaryPosEmbed(128, (1, 2, 2), 1024).to("cuda")(torch.zeros(1, 16, 4, 32, 64, device="cuda"))
+    inputs = (torch.randn(1, cos.shape[1], 5120, device="cuda").to(torch.bfloat16),
+              torch.randn(1, 512, 5120, device="cuda").to(torch.bfloat16),
+              torch.randn(1, 6, 5120, device="cuda").to(torch.bfloat16), (cos, sin))
+    layers = {}
+    if lora:
+        for name, module in block.named_modules():
+            if isinstance(module, torch.nn.Linear):
+                layers[f"blocks.0.{name}"] = LoraLayer(down=torch.randn(32, module.in_features, device="cuda") * 0.02,
+                                                       up=torch.randn(module.out_features, 32, device="cuda") * 0.02)
+    outs = []
+    for fusion in (False, True):
+        with torch.no_grad(), applied({"high": "f"}, {"high": layers}, {"high": model}, 0.75, merged=False,
+                                      lean=fusion):
+            if fusion:
+                with fused_blocks({"high": model}):
+                    outs.append(block(*inputs))
+            else:
+                outs.append(block(*inputs))
+    assert _same_bits(outs[0], outs[1])
+
+
+@pytest.mark.skipif(not CUDA_TARGETS, reason=f"CUDA oracle not found at {ORACLE_CUDA}")
+def test_the_cuda_oracle_stays_bit_exact_with_fused_blocks_and_the_lean_lora_path():
+    engine = Engine(RunOptions(base_model=str(TINY_MODEL), device="cuda", fused_blocks=True, lean_lora=True))
+    skip_unless_exact_expected(engine, "cuda", "cuda")
+    for target in CUDA_TARGETS:
+        render = engine.render(target)
+        assert not any("--fused-blocks not used" in note for note in render.notes)
+        raw = np.load(target.preview.golden_raw)
+        assert np.array_equal(render.frames, raw), f"{target.key} changed under --fused-blocks --lean-lora"

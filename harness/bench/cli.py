@@ -15,7 +15,7 @@ from .driver import Bench
 from .flops import parse_size
 
 DEFAULT_SIZES = {"a14b": "832x480x41,1024x1024x41", "tiny": "64x64x9,96x48x9"}
-MODES = {"exact", "fast"}
+MODES = {"exact", "fused", "fast"}
 OFFLOADS = {"none", "experts", "sequential"}
 
 
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--previews", type=int, default=4, help="N for the N-previews-in-one-process comparison")
     p.add_argument("--json", type=Path, help="write the results JSON here (rewritten after every row)")
     p.add_argument("--markdown", type=Path, help="write the table as Markdown here")
-    p.add_argument("--modes", default="exact,fast", help="exact, fast (torch.compile + best attention; non-exact)")
+    p.add_argument("--modes", default="exact,fast", help="exact, fused (exact with --fused-blocks: its bytes must equal exact's), fast (torch.compile + best attention; non-exact)")
     p.add_argument("--offload", default="none,experts,sequential", help="none, experts, sequential")
     p.add_argument("--profile", default="aitk-euler", help="sampler profile of the renders")
     p.add_argument("--lora-rank", type=int, help="rank of the LoRA-switch checkpoints (default a14b 32, tiny 4; 0 skips)")

@@ -14,7 +14,7 @@ OFFLOAD_ORDER = ("experts", "sequential")  # they share the pinned host homes: e
 
 class Bench(BenchState):
     """One ``wan-parity bench`` run. Order, cheapest insight first so a time budget cuts the tail: exact renders
-    (the byte references), unmerged LoRA, fast, experts then sequential offload, merged LoRA (its parked originals
+    (the byte references), fused exact renders, unmerged LoRA, fast, experts then sequential offload, merged LoRA (its parked originals
     reuse the pinned blocks), the disk-load probe, and quantization last (it replaces the bf16 weights)."""
 
     # the two steps the load-probe test drives on their own
@@ -50,6 +50,8 @@ class Bench(BenchState):
         prompts = PromptCache()
         other = [o for o in OFFLOAD_ORDER if o in offloads]
         first = self._exact_renders(bundle, prompts, other) if "exact" in run_modes else None
+        if "fused" in run_modes:
+            modes.run_fused(self, bundle, prompts)
         lora_s = self._unmerged_lora(bundle, prompts, tmp, run_modes)
         if "fast" in run_modes:
             modes.run_fast(self, bundle, prompts)

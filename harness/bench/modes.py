@@ -63,6 +63,23 @@ def time_expert_upload(bench: BenchState, bundle) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Fused exact mode
+# ---------------------------------------------------------------------------------------------------------------------
+
+def run_fused(bench: BenchState, bundle, prompts) -> None:
+    """The exact renders again with ``--fused-blocks`` (same steps); ``exactness_summary`` compares their bytes."""
+    from ..render import fused, kernels
+
+    why = kernels.unavailable(bench.device)
+    if why:
+        bench.report.row("render", None, "fused", status="skipped", note=why)
+        return
+    with fused.fused_blocks(bundle.experts):
+        for size in bench.fitting(bench.sizes, "fused", "none"):
+            guarded_render(bench, bundle, size, "fused", "none", prompts)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Fast mode
 # ---------------------------------------------------------------------------------------------------------------------
 

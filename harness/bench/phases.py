@@ -212,10 +212,17 @@ def measured_preview(bench: BenchState, bundle, size, prompts) -> None:
 
 
 def exactness_summary(bench: BenchState) -> None:
-    """Offload modes must give the same bytes as the resident exact render of the same size and steps."""
-    same = {}
+    """Offload modes and fused blocks must give the same bytes as the resident exact render of the same size and
+    steps."""
+    same, fused = {}, {}
     for (mode, offload, label, steps), digest in bench.hashes.items():
         reference = bench.hashes.get(("exact", "none", label, steps))
-        if mode == "exact" and offload != "none" and reference is not None:
+        if reference is None:
+            continue
+        if mode == "exact" and offload != "none":
             same[f"{offload} {label} {steps} steps"] = digest == reference
+        elif mode == "fused":
+            fused[f"{label} {steps} steps"] = digest == reference
     bench.doc["offload_identical"] = same
+    if fused:
+        bench.doc["fused_identical"] = fused

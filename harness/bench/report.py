@@ -151,7 +151,8 @@ def markdown_report(doc: dict) -> str:
     lines += ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
     lines += ["| " + " | ".join(c.replace("|", "/") for c in r) + " |" for r in table_rows(doc)]
     lines.append("")
-    for key in ("n_previews", "load_probe", "attention", "offload_identical", "fast_vs_exact", "fast"):
+    for key in ("n_previews", "load_probe", "attention", "offload_identical", "fused_identical", "fast_vs_exact",
+                "fast"):
         if doc.get(key):
             lines.append(f"* {key}: `{json.dumps(doc[key])}`")
     return "\n".join(lines) + "\n"

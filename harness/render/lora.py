@@ -20,6 +20,7 @@ from safetensors import safe_open
 from torch.utils.weak import WeakIdKeyDictionary
 
 from ..errors import HarnessError
+from . import kernels
 from .offload import StorageMark, pinned_copy
 
 _KEY = re.compile(r"^diffusion_model\.blocks\.(\d+)\.(.+)\.lora_([AB])\.weight$")
@@ -153,10 +154,12 @@ def check_targets(path: Path, layers: dict[str, LoraLayer], transformer: torch.n
 class SharedCast:
     """``x.float()`` once per distinct input tensor (the lean path): q, k and v of an attention read one tensor, so
     the fp32 copy ai-toolkit makes per linear is made once and reused. The cast is exact and the reused tensor is
-    the same values, so no bit can change; an input modified in place (its version moved) is cast again."""
+    the same values, so no bit can change; an input modified in place (its version moved) is cast again. On CUDA
+    with Triton the lean path also fuses the tail (multiply, cast, add) into one pass (``fused_tail``)."""
 
-    def __init__(self):
+    def __init__(self, fused_tail: bool = False):
         self._last = (None, -1, None)
+        self.fused_tail = fused_tail  # multiply, cast and add in one kernel (kernels.lora_epilogue; CUDA)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         source, version, cast = self._last
@@ -176,6 +179,7 @@ def _unmerged_hook(layer: LoraLayer, multiplier: torch.Tensor, shared: SharedCas
     linears and the ``* 1.0`` runtime scale is skipped: multiplying by exactly 1.0 returns every IEEE value
     unchanged, so both paths give the same bits with fewer passes over memory."""
     on_device: dict = {}  # the fp32 A/B (and m) per device, so offloaded layers follow their inputs
+    m_value = float(multiplier)  # the float32 value, exactly: the fused tail takes it as a float32 scalar
 
     def hook(module, inputs, output):
         x = shared(inputs[0]) if shared is not None else inputs[0].to(torch.float32)
@@ -186,6 +190,8 @@ def _unmerged_hook(layer: LoraLayer, multiplier: torch.Tensor, shared: SharedCas
         delta = torch.nn.functional.linear(torch.nn.functional.linear(x, down), up)
         if shared is None:
             delta = delta * unit
+        elif shared.fused_tail and delta.is_cuda:
+            return kernels.lora_epilogue(output, delta, m_value)
         delta = delta * m
         return output + delta.to(output.dtype)
 
@@ -245,7 +251,7 @@ def applied(path_by_expert: dict, layers_by_expert: dict, transformers: dict, mu
     (:class:`SharedCast`).
     """
     handles, saved = [], []
-    shared = SharedCast() if lean and not merged else None
+    shared = SharedCast(fused_tail=kernels.unavailable("cuda") is None) if lean and not merged else None
     try:
         for expert, layers in layers_by_expert.items():
             m = multiplier[expert] if isinstance(multiplier, dict) else multiplier
