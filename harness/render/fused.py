@@ -17,7 +17,6 @@ from __future__ import annotations
 from contextlib import contextmanager
 from types import SimpleNamespace
 
-
 from . import kernels
 
 FUSED = SimpleNamespace(modulate=kernels.modulate, gated_residual=kernels.gated_residual, rope=kernels.rope)
