@@ -111,16 +111,19 @@ def _profile(fn) -> dict:
         torch.cuda.synchronize()
     by_kind: dict = {}
     rest = []
+    launches = 0
     for event in prof.key_averages():
         us = event.device_time_total
-        if us <= 0:
+        if us <= 0 or event.device_type != torch.autograd.DeviceType.CUDA:
             continue
+        launches += event.count
         kind = _kind(event.key)
         by_kind[kind] = by_kind.get(kind, 0.0) + us
         if kind == "elementwise / copy":
             rest.append((us, event.count, event.key[:110]))
     for us, count, key in sorted(rest, reverse=True)[:12]:
         print(f"    {us / 1e3:7.2f} ms x{count:<3d} {key}")
+    print(f"  {launches} kernels per block forward")
     return by_kind
 
 
