@@ -41,9 +41,15 @@ def main() -> int:
     from harness.render import lora as lora_mod
     from harness.targets import from_output_dir
 
+    _timed("CUDA context (first tensor on the device)", lambda: torch.zeros(1, device="cuda"))
+    _timed("cuDNN/cuBLAS handles (a first conv and matmul)", lambda: (
+        torch.nn.functional.conv3d(torch.ones(1, 4, 3, 8, 8, device="cuda"), torch.ones(4, 4, 3, 3, 3, device="cuda")),
+        torch.ones(8, 8, device="cuda", dtype=torch.bfloat16) @ torch.ones(8, 8, device="cuda", dtype=torch.bfloat16)))
     folder = next((ORACLE_CUDA / "cases" / "cuda_a" / "output").iterdir())
     targets = from_output_dir(folder, PathMap([f"/workspace/oracle={ORACLE}"]))
     engine = Engine(RunOptions(base_model=str(ORACLE / "tiny_model"), device="cuda"))
+    first = min(targets, key=lambda t: (t.preview.step, t.preview.index))
+    _timed("load the model bundle (first render's share)", engine._bundle, first, engine.baseline(first), "cuda")
     first_lora = True
     for target in sorted(targets, key=lambda t: (t.preview.step, t.preview.index)):
         label = f"render {target.key} ({'LoRA' if target.preview.lora else 'no LoRA'})"

@@ -93,7 +93,7 @@ def test_the_lora_step_times_the_lean_path_and_checks_its_bytes(tmp_path):
     rows = {r["phase"]: r for r in json.loads(out.read_text())["rows"]}
     for expert in ("high", "low"):
         lean = rows[f"step {expert}, unmerged LoRA (lean)"]
-        assert lean["status"] == "ok" and "identical to the plain path" in lean["note"], lean
+        assert lean["status"] == "ok" and "identical to the plain LoRA path" in lean["note"], lean
         assert rows[f"step {expert}, unmerged LoRA"]["seconds"] > 0
 
 

@@ -92,8 +92,14 @@ class Bench(BenchState):
         lora_s = loras.lora_switch(self, bundle, merged=False)
         size = self.sizes[0]
         if self.args.lora_step and "exact" in run_modes and not self.over_budget(self.estimate(size, "exact", "none")):
-            loras.lora_step(self, bundle, size, prompts, self.lora_paths["a"])
+            loras.lora_step(self, bundle, size, prompts, self.lora_paths["a"], fused_blocks=self.fused_runs())
         return lora_s
+
+    def fused_runs(self) -> bool:
+        """Whether ``--modes`` asks for fused renders and the kernels can run on this device."""
+        from ..render.kernels import unavailable
+
+        return "fused" in self.args.modes.split(",") and unavailable(self.device) is None
 
     def _n_previews(self, tmp: Path, first: dict, lora_s: float | None) -> None:
         """A14B: derived from the load probe; tiny: measured end to end."""

@@ -71,24 +71,35 @@ def lora_switch(bench: BenchState, bundle, merged: bool) -> float | None:
     return t_restore - t0
 
 
-def lora_step(bench: BenchState, bundle, size, prompts, paths) -> None:
+def lora_step(bench: BenchState, bundle, size, prompts, paths, fused_blocks: bool = False) -> None:
     """The exact unmerged-LoRA path (fp32 hooks on 400 linears per expert) costs more per step than base weights;
-    the lean path (``--lean-lora``) is timed beside it, and its frames must be the same bytes."""
+    the lean path (``--lean-lora``; on CUDA with its fused tail) is timed beside it, and with ``fused_blocks`` the
+    lean path under ``--fused-blocks`` too. Every variant's frames must be the plain path's bytes."""
+    from contextlib import nullcontext
+
+    from ..render import fused
     from ..render import lora as lora_mod
 
     layers = read_loras(paths)
     bound = bench.bound(size)
+    variants = {"": (False, False), " (lean)": (True, False)}
+    if fused_blocks:
+        variants[" (lean, fused blocks)"] = (True, True)
     results = {}
-    for lean in (False, True):
-        with lora_mod.applied(paths, layers, bundle.experts, 1.0, merged=False, lean=lean):
-            results[lean] = timed_render(bundle, make_sample(*size, steps=short_render_steps(bench.profile, 1)),
-                                         control_image(size), bench.profile, prompts, bench.clock)
-    identical = results[True]["sha256"] == results[False]["sha256"]
-    for lean, result in results.items():
+    for suffix, (lean, fusion) in variants.items():
+        with lora_mod.applied(paths, layers, bundle.experts, 1.0, merged=False, lean=lean), \
+                (fused.fused_blocks(bundle.experts) if fusion else nullcontext()):
+            results[suffix] = timed_render(bundle, make_sample(*size, steps=short_render_steps(bench.profile, 1)),
+                                           control_image(size), bench.profile, prompts, bench.clock)
+    plain_steps = bench.resident_steps.get(size_label(size), {})
+    for suffix, result in results.items():
+        identical = result["sha256"] == results[""]["sha256"]
         for expert, times in step_times_by_expert(result).items():
-            name = f"step {expert}, unmerged LoRA" + (" (lean)" if lean else "")
-            note = (f"shared fp32 input copy, no x1.0 scale; frames {'identical to' if identical else 'DIFFER from'} "
-                    "the plain path" if lean else f"rank {bench.args.lora_rank} LoRA hooks (fp32 A/B) on every block "
-                                                  "linear")
-            bench.report.row(name, times["median_s"], size=size_label(size), status="ok" if identical or not lean
-                             else "error", ratio_to_bound=ratio_to_bound(times["median_s"], bound), note=note)
+            plain = plain_steps.get(expert, {}).get("median_s")
+            versus = f"; {times['median_s'] / plain:.2f}x the plain exact step" if plain else ""
+            note = (f"rank {bench.args.lora_rank} LoRA hooks (fp32 A/B) on every block linear{versus}" if not suffix
+                    else f"shared fp32 input copy, no x1.0 scale, fused tail where Triton runs{versus}; frames "
+                         f"{'identical to' if identical else 'DIFFER from'} the plain LoRA path")
+            bench.report.row(f"step {expert}, unmerged LoRA{suffix}", times["median_s"], size=size_label(size),
+                             status="ok" if identical else "error",
+                             ratio_to_bound=ratio_to_bound(times["median_s"], bound), note=note)
