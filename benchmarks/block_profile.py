@@ -76,6 +76,9 @@ def main(argv=None) -> int:
     else:
         seconds = _median(forward, args.repeats)
         table = _profile(forward)
+    graph_seconds, graph_same = _graph_replay(block, inputs, args)
+    print(f"CUDA graph replay of the same forward: {graph_seconds * 1e3:.2f} ms (output bytes equal: {graph_same}); "
+          f"the difference to the eager call is launch and host overhead")
     a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
     peak = 2 * 8192 ** 3 / _median(lambda: a @ a, 10)
     d, f = 5120, 13824
@@ -86,6 +89,37 @@ def main(argv=None) -> int:
     for kind, us in sorted(table.items(), key=lambda kv: -kv[1]):
         print(f"  {kind:20s} {us / 1e3:8.2f} ms  {100 * us / total:5.1f} %")
     return 0
+
+
+def _graph_replay(block, inputs, args) -> tuple[float, bool]:
+    """The forward captured once in a CUDA graph and replayed: the GPU's own time for it, without launches."""
+    import contextlib
+
+    import torch
+
+    def call():
+        with torch.no_grad():
+            return block(*inputs)
+
+    context = contextlib.nullcontext()
+    if args.fused:
+        from harness.render.fused import fused_blocks
+
+        context = fused_blocks({"high": torch.nn.ModuleDict({"blocks": torch.nn.ModuleList([block])})})
+    with context:
+        reference = call()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            call()
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            captured = call()
+    graph.replay()
+    torch.cuda.synchronize()
+    same = torch.equal(captured.view(torch.int16), reference.view(torch.int16))
+    return _median(graph.replay, args.repeats), same
 
 
 def _median(fn, repeats: int) -> float:

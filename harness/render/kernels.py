@@ -95,12 +95,12 @@ def _triton_kernels() -> dict:
         table = ((even // token_len) % tokens) * head_dim + even % head_dim  # the token's row, the pair's column
         c = tl.load(cos + table, mask=mask)
         s = tl.load(sin + table + 1, mask=mask)
-        x1 = tl.load(x + even, mask=mask).to(c.dtype)
-        x2 = tl.load(x + even + 1, mask=mask).to(c.dtype)
+        pair = even[:, None] + tl.arange(0, 2)[None, :]  # [BLOCK, 2]: each pair read and written contiguously
+        x1, x2 = tl.split(tl.load(x + pair, mask=mask[:, None]).to(c.dtype))
         first = x1 * c - x2 * s
         second = x1 * s + x2 * c
-        tl.store(out + even, first.to(tl.float32).to(out.dtype.element_ty), mask=mask)
-        tl.store(out + even + 1, second.to(tl.float32).to(out.dtype.element_ty), mask=mask)
+        rotated = tl.join(first.to(tl.float32), second.to(tl.float32))
+        tl.store(out + pair, rotated.to(out.dtype.element_ty), mask=mask[:, None])
 
     @triton.jit
     def lora_epilogue(output, delta, out, n, m, BLOCK: tl.constexpr):
