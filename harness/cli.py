@@ -21,6 +21,8 @@ def _add_options(parser: argparse.ArgumentParser, command: str) -> None:
         kwargs = {"dest": option.dest, "default": option.default_for(command), "help": option.help_for(command)}
         if option.action == "store_true":
             kwargs["action"] = "store_true"
+        elif option.action == "toggle":
+            kwargs["action"] = argparse.BooleanOptionalAction
         else:
             kwargs.update(type=_reader(option, command), metavar=option.metavar_for())
             if option.action == "append":

@@ -45,10 +45,11 @@ class RunOptions:
     offload: str = "none"  # none | experts | sequential (identical numerics)
     ara: str | None = None  # local copy of the accuracy recovery adapter a 'uint4|<ara>' job names (--ara PATH)
     lora_overrides: dict = field(default_factory=dict)  # {step: {side: Path}}: fp32 files instead of checkpoints
-    lean_lora: bool = False  # the unmerged LoRA path's bit-identical shortcut (render.lora.SharedCast)
-    fused_blocks: bool = False  # the Wan block's elementwise chains as bit-identical kernels (render.fused; CUDA)
+    lean_lora: bool = True  # the unmerged LoRA path's bit-identical shortcut (render.lora.SharedCast)
+    fused_blocks: bool = True  # the Wan block's elementwise chains as bit-identical kernels (render.fused; CUDA)
 
 
+FLAGS = ("store_true", "toggle")  # options whose value is a boolean
 RUN_COMMANDS = ("run", "calibrate", "diagnose", "selfcheck")
 PYTEST = "pytest"
 EVERYWHERE = (*RUN_COMMANDS, PYTEST)
@@ -132,7 +133,7 @@ class Option:
     to_field: Callable[[Any], Any] | None = None  # value -> that field's value, where they differ
     case_key: str | None = None  # the case-file key the command line overrides and the ini fills in
     choices: Callable[[], tuple[str, ...]] | None = None  # called when used: registries may grow
-    action: str | None = None  # "store_true" (a flag) or "append" (repeatable)
+    action: str | None = None  # "store_true" (a flag), "toggle" (--x / --no-x; default on) or "append" (repeatable)
     metavar: str | None = None
     command_defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # `field` is taken above
 
@@ -167,7 +168,7 @@ class Option:
             return tuple(self.read(item, file, where) for item in value)
         if isinstance(value, str):
             try:
-                value = (_bool if self.action == "store_true" else self.parse)(value)
+                value = (_bool if self.action in FLAGS else self.parse)(value)
             except ValueError as exc:
                 raise HarnessError(file, where, str(exc)) from None
         if self.choices and value not in self.choices():
@@ -207,13 +208,15 @@ OPTIONS: tuple[Option, ...] = (
     Option("offload", "memory mode, identical numerics: none (all on GPU), experts (active expert only; 80 GB for "
                       "A14B), sequential (block by block; 24 GB cards)", default="none",
            choices=lambda: ("none", "experts", "sequential"), field="offload", commands=RENDERING),
-    Option("lean-lora", "unmerged LoRAs: share the fp32 input copy between linears and skip the x1.0 scale (the same "
-                        "bits with fewer memory passes; off until proven on the H200, benchmarks/RESULTS.md)",
-           action="store_true", default=False, field="lean_lora", commands=RENDERING),
+    Option("lean-lora", "unmerged LoRAs: share the fp32 input copy between linears, skip the x1.0 scale and, on CUDA "
+                        "with Triton, fuse the tail (the same bits with fewer memory passes; proven on CPU and the "
+                        "H200, benchmarks/RESULTS.md); --no-lean-lora takes ai-toolkit's literal path",
+           action="toggle", default=True, field="lean_lora", commands=RENDERING),
     Option("fused-blocks", "CUDA with Triton: the Wan block's elementwise chains (adaptive norm, gated residuals, "
                            "rotary embedding) as one kernel each, the same IEEE operations in the same order (no "
-                           "effect on CPU; off until proven on the H200, benchmarks/RESULTS.md)",
-           action="store_true", default=False, field="fused_blocks", commands=RENDERING),
+                           "effect on CPU; proven on the H200, benchmarks/RESULTS.md); --no-fused-blocks runs "
+                           "diffusers' block as it is",
+           action="toggle", default=True, field="fused_blocks", commands=RENDERING),
     Option("out", "results, renders and report (default {default}/)", parse=Path, default=Path("parity-out"),
            command_defaults=_OUT_DEFAULTS, field="out", commands=RENDERING),
     Option("json", "also write the results JSON here", parse=Path, metavar="FILE", commands=("run", PYTEST)),

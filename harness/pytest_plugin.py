@@ -31,6 +31,10 @@ def pytest_addoption(parser):
     for option in options_for(PYTEST):
         help_text = option.help_for(PYTEST)
         kwargs = {"action": "store_true"} if option.action == "store_true" else {"metavar": option.metavar_for()}
+        if option.action == "toggle":  # --parity-x / --parity-no-x, one destination
+            group.addoption(f"--parity-no-{option.name}", dest=option.ini, action="store_const", const=False,
+                            default=None, help=f"turn --parity-{option.name} off")
+            kwargs = {"action": "store_const", "const": True}
         if option.action == "append":
             kwargs["action"] = "append"
         group.addoption(option.flag(PYTEST), dest=option.ini, default=None, help=help_text, **kwargs)

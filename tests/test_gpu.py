@@ -111,13 +111,16 @@ def test_quantized_render_is_deterministic_and_identical_across_offload_modes(cu
 
 @pytest.mark.skipif(not CUDA_TARGETS, reason=f"CUDA oracle not found at {ORACLE_CUDA}")
 def test_the_lean_lora_path_gives_the_same_bytes_on_cuda(cuda_engine):
-    """``--lean-lora`` on the CUDA oracle's unmerged previews: the bytes of ai-toolkit's arithmetic."""
-    cuda_engine.options.lean_lora = True
+    """``--lean-lora`` (the default) on the CUDA oracle's unmerged previews: the bytes of ai-toolkit's arithmetic."""
+    before = cuda_engine.options.lean_lora
+    unmerged = [t for t in CUDA_TARGETS if t.preview.lora is not None and not t.preview.merged]
     try:
-        lean = [cuda_engine.render(t).frames for t in CUDA_TARGETS if t.preview.lora is not None and not t.preview.merged]
-    finally:
+        cuda_engine.options.lean_lora = True
+        lean = [cuda_engine.render(t).frames for t in unmerged]
         cuda_engine.options.lean_lora = False
-    plain = [cuda_engine.render(t).frames for t in CUDA_TARGETS if t.preview.lora is not None and not t.preview.merged]
+        plain = [cuda_engine.render(t).frames for t in unmerged]
+    finally:
+        cuda_engine.options.lean_lora = before
     assert lean and all(np.array_equal(a, b) for a, b in zip(lean, plain))
 
 
@@ -210,11 +213,14 @@ def test_a_fused_a14b_block_gives_the_bytes_of_the_eager_block(lora):
 
 
 @pytest.mark.skipif(not CUDA_TARGETS, reason=f"CUDA oracle not found at {ORACLE_CUDA}")
-def test_the_cuda_oracle_stays_bit_exact_with_fused_blocks_and_the_lean_lora_path():
-    engine = Engine(RunOptions(base_model=str(TINY_MODEL), device="cuda", fused_blocks=True, lean_lora=True))
+@pytest.mark.parametrize("fused,lean", [(True, True), (False, False)], ids=["defaults", "literal"])
+def test_the_cuda_oracle_is_bit_exact_with_and_without_the_shortcuts(fused, lean):
+    """The defaults (--fused-blocks, --lean-lora) and ai-toolkit's literal path (--no-fused-blocks --no-lean-lora)
+    both give ai-toolkit's bytes."""
+    engine = Engine(RunOptions(base_model=str(TINY_MODEL), device="cuda", fused_blocks=fused, lean_lora=lean))
     skip_unless_exact_expected(engine, "cuda", "cuda")
     for target in CUDA_TARGETS:
         render = engine.render(target)
         assert not any("--fused-blocks not used" in note for note in render.notes)
         raw = np.load(target.preview.golden_raw)
-        assert np.array_equal(render.frames, raw), f"{target.key} changed under --fused-blocks --lean-lora"
+        assert np.array_equal(render.frames, raw), f"{target.key} changed (fused {fused}, lean {lean})"

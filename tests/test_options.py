@@ -241,3 +241,20 @@ def test_demo_runs_without_the_cli(tmp_path, monkeypatch, capsys):
     assert "demo: tiny model and LoRAs built offline" in captured.out
     assert f"report: {tmp_path / 'report.html'}" in captured.err and (tmp_path / "results.json").is_file()
     assert "wan-parity: 1 passed, 0 failed, 0 unreproducible, 0 errors (1 bit-exact)" in captured.out
+
+
+def test_the_bit_identical_shortcuts_default_on_and_turn_off_everywhere():
+    """--fused-blocks and --lean-lora are on by default (proven bit-identical) and --no-… / ini false turn them off."""
+    def built(argv):
+        return opts.resolve("run", vars(cli.build_parser().parse_args(["run", "T", *argv]))).options
+
+    default = built([])
+    assert (default.fused_blocks, default.lean_lora) == (True, True)
+    off = built(["--no-fused-blocks", "--no-lean-lora"])
+    assert (off.fused_blocks, off.lean_lora) == (False, False)
+    from_ini = opts.resolve("pytest", {"fused_blocks": False}, {"lean_lora": "false"}).options
+    assert (from_ini.fused_blocks, from_ini.lean_lora) == (False, False)
+    listed = subprocess.run([sys.executable, "-m", "pytest", "--parity-no-fused-blocks", "--parity-lean-lora", "-q",
+                             "--co", "-p", "no:cacheprovider", "tests/test_architecture.py"],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert listed.returncode == 0, listed.stderr[-500:]

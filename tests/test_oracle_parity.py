@@ -108,12 +108,13 @@ UNMERGED = [t for t in TARGETS if t.preview.lora is not None and not t.preview.m
 
 
 @pytest.fixture(scope="module")
-def lean_engine():
-    return Engine(RunOptions(base_model=str(TINY_MODEL), device="cpu", threads=2, lean_lora=True))
+def literal_engine():
+    return Engine(RunOptions(base_model=str(TINY_MODEL), device="cpu", threads=2, lean_lora=False))
 
 
 @pytest.mark.parametrize("target", UNMERGED, ids=[t.key for t in UNMERGED])
-def test_the_lean_lora_path_renders_the_same_bytes(engine, lean_engine, target):
-    """``--lean-lora`` on ai-toolkit's unmerged previews: the same frames as ai-toolkit's arithmetic on every stack
-    (and so ai-toolkit's own frames wherever test_preview_is_bit_exact holds)."""
-    assert np.array_equal(lean_engine.render(target).frames, _render(engine, target).frames)
+def test_the_lean_lora_default_renders_the_bytes_of_the_literal_path(engine, literal_engine, target):
+    """The lean unmerged path (the default) on ai-toolkit's unmerged previews: the frames of ai-toolkit's literal
+    arithmetic (``--no-lean-lora``) on every stack, and so ai-toolkit's own wherever test_preview_is_bit_exact holds."""
+    assert engine.options.lean_lora and not literal_engine.options.lean_lora
+    assert np.array_equal(literal_engine.render(target).frames, _render(engine, target).frames)
