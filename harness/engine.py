@@ -368,7 +368,8 @@ class Engine:
             render = render_sample(bundle, sample, image, settings.sampler, self.prompts, progress=self.progress,
                                    rng_layout=target.rng_layout, rng_grid=settings.rng_grid)
         return RenderOutcome(frames=render.frames, trace=[list(t) for t in render.trace], settings=settings,
-                             device=device, offload=self.options.offload, notes=[n for n in notes + [history_note, fusion_note] if n],
+                             device=device, offload=self.options.offload,
+                             notes=[n for n in notes + [history_note, fusion_note] if n],
                              approximate=self.approximations(target, settings, device),
                              stack=self.stack_match(target), pinned=pinned_env() or None,
                              seconds=round(time.perf_counter() - started, 3),

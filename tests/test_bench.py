@@ -97,6 +97,15 @@ def test_the_lora_step_times_the_lean_path_and_checks_its_bytes(tmp_path):
         assert rows[f"step {expert}, unmerged LoRA"]["seconds"] > 0
 
 
+def _bench_exact_and_fused(tmp_path) -> dict:
+    out = tmp_path / "bench.json"
+    argv = ["--synthetic", "tiny", "--device", "cpu", "--sizes", "32x32x5", "--preview-steps", "2", "--previews", "1",
+            "--modes", "exact,fused", "--offload", "none", "--json", str(out)]
+    with torch.random.fork_rng(devices=[]):
+        assert bench.bench_main(argv) == 0
+    return json.loads(out.read_text())
+
+
 def test_the_fused_mode_renders_again_and_compares_bytes_with_exact(tmp_path, monkeypatch):
     """The bench's plumbing for --modes fused (on CPU, the kernels' eager twins stand in for Triton)."""
     from harness.render import fused, kernels
@@ -104,23 +113,13 @@ def test_the_fused_mode_renders_again_and_compares_bytes_with_exact(tmp_path, mo
     monkeypatch.setattr(kernels, "unavailable", lambda device: None)
     for name in ("modulate", "gated_residual", "rope"):
         monkeypatch.setattr(fused.FUSED, name, getattr(fused.EAGER, name))
-    out = tmp_path / "bench.json"
-    argv = ["--synthetic", "tiny", "--device", "cpu", "--sizes", "32x32x5", "--preview-steps", "2", "--previews", "1",
-            "--modes", "exact,fused", "--offload", "none", "--json", str(out)]
-    with torch.random.fork_rng(devices=[]):
-        assert bench.bench_main(argv) == 0
-    doc = json.loads(out.read_text())
+    doc = _bench_exact_and_fused(tmp_path)
     assert doc["fused_identical"] == {"32x32x5 4 steps": True}
     assert any(r["mode"] == "fused" and r["phase"].startswith("render") for r in doc["rows"])
 
 
 def test_the_fused_mode_is_skipped_with_the_reason_where_it_cannot_run(tmp_path):
-    out = tmp_path / "bench.json"
-    argv = ["--synthetic", "tiny", "--device", "cpu", "--sizes", "32x32x5", "--preview-steps", "2", "--previews", "1",
-            "--modes", "exact,fused", "--offload", "none", "--json", str(out)]
-    with torch.random.fork_rng(devices=[]):
-        assert bench.bench_main(argv) == 0
-    doc = json.loads(out.read_text())
+    doc = _bench_exact_and_fused(tmp_path)
     skipped = [r for r in doc["rows"] if r["mode"] == "fused"]
     assert [r["status"] for r in skipped] == ["skipped"] and "CUDA only" in skipped[0]["note"]
     assert "fused_identical" not in doc

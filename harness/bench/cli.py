@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--previews", type=int, default=4, help="N for the N-previews-in-one-process comparison")
     p.add_argument("--json", type=Path, help="write the results JSON here (rewritten after every row)")
     p.add_argument("--markdown", type=Path, help="write the table as Markdown here")
-    p.add_argument("--modes", default="exact,fast", help="exact, fused (exact with --fused-blocks: its bytes must equal exact's), fast (torch.compile + best attention; non-exact)")
+    p.add_argument("--modes", default="exact,fast", help="exact, fused (exact with --fused-blocks; its bytes must equal "
+                   "exact's), fast (torch.compile + best attention; non-exact)")
     p.add_argument("--offload", default="none,experts,sequential", help="none, experts, sequential")
     p.add_argument("--profile", default="aitk-euler", help="sampler profile of the renders")
     p.add_argument("--lora-rank", type=int, help="rank of the LoRA-switch checkpoints (default a14b 32, tiny 4; 0 skips)")

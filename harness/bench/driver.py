@@ -14,8 +14,9 @@ OFFLOAD_ORDER = ("experts", "sequential")  # they share the pinned host homes: e
 
 class Bench(BenchState):
     """One ``wan-parity bench`` run. Order, cheapest insight first so a time budget cuts the tail: exact renders
-    (the byte references), fused exact renders, unmerged LoRA, fast, experts then sequential offload, merged LoRA (its parked originals
-    reuse the pinned blocks), the disk-load probe, and quantization last (it replaces the bf16 weights)."""
+    (the byte references), fused exact renders, unmerged LoRA, fast, experts then sequential offload, merged LoRA
+    (its parked originals reuse the pinned blocks), the disk-load probe, and quantization last (it replaces the bf16
+    weights)."""
 
     # the two steps the load-probe test drives on their own
     def model_shapes(self) -> None:
