@@ -155,11 +155,19 @@ class SharedCast:
     """``x.float()`` once per distinct input tensor (the lean path): q, k and v of an attention read one tensor, so
     the fp32 copy ai-toolkit makes per linear is made once and reused. The cast is exact and the reused tensor is
     the same values, so no bit can change; an input modified in place (its version moved) is cast again. On CUDA
-    with Triton the lean path also fuses the tail (multiply, cast, add) into one pass (``fused_tail``)."""
+    with Triton the lean path also fuses the tail (multiply, cast, add) into one pass (:meth:`fuses_tail`)."""
 
-    def __init__(self, fused_tail: bool = False):
+    def __init__(self):
         self._last = (None, -1, None)
-        self.fused_tail = fused_tail  # multiply, cast and add in one kernel (kernels.lora_epilogue; CUDA)
+        self._fused_tail: bool | None = None  # decided on the first CUDA call, so CPU runs never import Triton
+
+    def fuses_tail(self, delta: torch.Tensor) -> bool:
+        """Whether multiply, cast and add run as one kernel (kernels.lora_epilogue): CUDA with Triton."""
+        if not delta.is_cuda:
+            return False
+        if self._fused_tail is None:
+            self._fused_tail = kernels.unavailable(delta.device) is None
+        return self._fused_tail
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         source, version, cast = self._last
@@ -190,7 +198,7 @@ def _unmerged_hook(layer: LoraLayer, multiplier: torch.Tensor, shared: SharedCas
         delta = torch.nn.functional.linear(torch.nn.functional.linear(x, down), up)
         if shared is None:
             delta = delta * unit
-        elif shared.fused_tail and delta.is_cuda:
+        elif shared.fuses_tail(delta):
             return kernels.lora_epilogue(output, delta, m_value)
         delta = delta * m
         return output + delta.to(output.dtype)
@@ -251,7 +259,7 @@ def applied(path_by_expert: dict, layers_by_expert: dict, transformers: dict, mu
     (:class:`SharedCast`).
     """
     handles, saved = [], []
-    shared = SharedCast(fused_tail=kernels.unavailable("cuda") is None) if lean and not merged else None
+    shared = SharedCast() if lean and not merged else None
     try:
         for expert, layers in layers_by_expert.items():
             m = multiplier[expert] if isinstance(multiplier, dict) else multiplier
