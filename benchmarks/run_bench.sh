@@ -7,8 +7,8 @@
 #    N-previews-in-one-process vs load-per-preview comparison through load_bundle.
 # 2. `--synthetic a14b`: the real Wan 2.2 I2V A14B architecture (2 x 14.3B experts, UMT5-XXL, Wan 2.1 VAE) built on
 #    the GPU with random bf16 weights, then in this order: exact renders at both sizes (a few steps; previews are
-#    extrapolated and say so), the unmerged LoRA switch and LoRA step, fast mode (torch.compile per block + best
-#    attention; non-exact), --offload experts then sequential (bytes compared with the resident renders), the merged
+#    extrapolated and say so), the same with --fused-blocks (bytes compared), the unmerged LoRA switch and LoRA
+#    step, fast mode (torch.compile per block + best attention; non-exact), --offload experts then sequential (bytes compared with the resident renders), the merged
 #    LoRA switch, a disk-load probe for the N-previews target, and qfloat8 quantization last.
 #    A time budget skips whatever would end past it (recorded as skipped), so the script ends in time.
 # Writes bench-tiny.{json,md,log} and bench-a14b.{json,log} + RESULTS-a14b.md to OUTDIR.
@@ -43,7 +43,7 @@ echo "run_bench: ${SECONDS}s used, A14B budget ${LEFT}s"
 set +e
 timeout $(( LEFT + 20 )) python3 -m harness.bench --synthetic a14b --device cuda \
     --sizes 832x480x41,1024x1024x41 --steps-timed 1 --preview-steps 30 --previews 4 \
-    --modes exact,fast --offload none,experts,sequential --lora-rank 32 --lora-step --quantize \
+    --modes exact,fused,fast --offload none,experts,sequential --lora-rank 32 --lora-step --quantize \
     --budget-s "$(( LEFT - 10 ))" --reserve-s 90 --compile-estimate-s 30 \
     --json "$OUTDIR/bench-a14b.json" --markdown "$OUTDIR/RESULTS-a14b.md" 2>&1 | tee "$OUTDIR/bench-a14b.log"
 rc=${PIPESTATUS[0]}
