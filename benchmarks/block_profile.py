@@ -67,7 +67,7 @@ def main(argv=None) -> int:
         from harness.render.fused import fused_blocks
 
         eager = forward()
-        with fused_blocks({"high": torch.nn.ModuleDict({"blocks": torch.nn.ModuleList([block])})}):
+        with fused_blocks(_as_experts(block)):
             fused_out = forward()
             seconds = _median(forward, args.repeats)
             table = _profile(forward)
@@ -91,6 +91,13 @@ def main(argv=None) -> int:
     return 0
 
 
+def _as_experts(block) -> dict:
+    """One block as the ``{expert: model with .blocks}`` mapping ``fused_blocks`` takes."""
+    import torch
+
+    return {"high": torch.nn.ModuleDict({"blocks": torch.nn.ModuleList([block])})}
+
+
 def _graph_replay(block, inputs, args) -> tuple[float, bool]:
     """The forward captured once in a CUDA graph and replayed: the GPU's own time for it, without launches."""
     import contextlib
@@ -105,7 +112,7 @@ def _graph_replay(block, inputs, args) -> tuple[float, bool]:
     if args.fused:
         from harness.render.fused import fused_blocks
 
-        context = fused_blocks({"high": torch.nn.ModuleDict({"blocks": torch.nn.ModuleList([block])})})
+        context = fused_blocks(_as_experts(block))
     with context:
         reference = call()
         stream = torch.cuda.Stream()

@@ -1,9 +1,9 @@
 """The unmerged LoRA path's cost on one attention's q, k and v at A14B width, plain vs ``--lean-lora``.
 
-    python benchmarks/lean_lora.py [--device cuda] [--tokens 32760] [--repeats 20]
+    python benchmarks/lean_lora.py [--device cuda] [--tokens 17160] [--repeats 20]
 
 Prints the median seconds of the three hooked linears for each path, their ratio to the three bare bf16 linears,
-and whether the outputs are the same bits (they must be). 32,760 tokens is 832x480x41's sequence.
+and whether the outputs are the same bits (they must be). 17,160 tokens is 832x480x41's sequence.
 """
 
 from __future__ import annotations

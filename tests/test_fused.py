@@ -158,7 +158,8 @@ def test_the_lora_tail_kernel_matches_its_twin(interpreted):
     g = _gen(7)
     output, delta = torch.randn(1, 33, 24, generator=g), torch.randn(1, 33, 24, generator=g) * 0.01
     m = float(torch.tensor(0.3, dtype=torch.float32))
-    assert torch.equal(kernels.lora_epilogue(output, delta, m), kernels.lora_epilogue_eager(output, delta, m))
+    assert torch.equal(kernels.lora_epilogue(output, delta, m),
+                       kernels.lora_epilogue_eager(output, delta, torch.tensor([m], dtype=torch.float32)))
 
 
 def test_shapes_the_kernels_do_not_take_fall_back_to_the_twins(interpreted):

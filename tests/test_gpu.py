@@ -174,7 +174,8 @@ def test_the_fused_kernels_are_bit_identical_to_their_twins_at_a14b_shapes(size)
     assert _same_bits(kernels.rope(query, cos, sin), kernels.rope_eager(query, cos, sin))
     delta = torch.randn(1, tokens, 5120, device="cuda", generator=gen) * 0.01
     m = float(torch.tensor(0.75, dtype=torch.float32))
-    assert _same_bits(kernels.lora_epilogue(hidden, delta, m), kernels.lora_epilogue_eager(hidden, delta, m))
+    m_tensor = torch.tensor([m], dtype=torch.float32, device="cuda")
+    assert _same_bits(kernels.lora_epilogue(hidden, delta, m), kernels.lora_epilogue_eager(hidden, delta, m_tensor))
 
 
 @pytest.mark.parametrize("lora", [False, True])

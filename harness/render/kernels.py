@@ -54,9 +54,8 @@ def rope_eager(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return out
 
 
-def lora_epilogue_eager(output: torch.Tensor, delta: torch.Tensor, multiplier: float) -> torch.Tensor:
-    """ai-toolkit's unmerged LoRA tail (§8.2): ``output + (delta * m).to(output.dtype)``."""
-    m = torch.tensor([multiplier], dtype=delta.dtype, device=delta.device)
+def lora_epilogue_eager(output: torch.Tensor, delta: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """ai-toolkit's unmerged LoRA tail (§8.2): ``output + (delta * m).to(output.dtype)``, ``m`` a float32 [1]."""
     return output + (delta * m).to(output.dtype)
 
 
@@ -171,7 +170,7 @@ def lora_epilogue(output: torch.Tensor, delta: torch.Tensor, multiplier: float) 
     """:func:`lora_epilogue_eager` in one pass; ``multiplier`` must be a float32 value (it is passed as one)."""
     if not (output.shape == delta.shape and output.is_contiguous() and delta.is_contiguous()
             and delta.dtype == torch.float32 and output.dtype in FLOATS):
-        return lora_epilogue_eager(output, delta, multiplier)
+        return lora_epilogue_eager(output, delta, torch.tensor([multiplier], dtype=torch.float32, device=delta.device))
     out = torch.empty_like(output)
     _launch("lora_epilogue", output.numel(), output, delta, out, output.numel(), multiplier)
     return out

@@ -200,8 +200,7 @@ def _unmerged_hook(layer: LoraLayer, multiplier: torch.Tensor, shared: SharedCas
             delta = delta * unit
         elif shared.fuses_tail(delta):
             return kernels.lora_epilogue(output, delta, m_value)
-        delta = delta * m
-        return output + delta.to(output.dtype)
+        return kernels.lora_epilogue_eager(output, delta, m)
 
     return hook
 
